@@ -1,0 +1,183 @@
+"""The five tracking mechanisms: what each can do, whether it works here.
+
+Layering (as psutil does with ``_psplatform``): the public API in
+``memwatch/__init__.py`` -> this registry, one entry per backend -> one
+tracker class of the C++ extension ``memwatch._memwatch``.  Each probe really
+performs the operation once (a scratch page at most) and is cached for the
+life of the process, like psutil's ``can_use_pidfd_open``; nothing is chosen
+from ``uname -r``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from . import _memwatch
+from ._common import UnsupportedError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = ["Backend", "backends"]
+
+
+class Tracker(Protocol):
+    """The methods every ``_memwatch.*Tracker`` class shares."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def page_size(self) -> int: ...
+
+    def attach(self, start: int, length: int, /) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def scan(self, start: int, length: int, out: Buffer, reset: bool = ..., /) -> int: ...
+
+    def reset(self, start: int, length: int, /) -> None: ...
+
+
+class _Spec(NamedTuple):
+    name: str
+    cls: Callable[..., Tracker]
+    probe: Callable[[], tuple[bool, str]]
+
+
+# Priority order: the order backend="auto" tries them in.
+_SPECS: tuple[_Spec, ...] = (
+    _Spec("syscall", _memwatch.SyscallTracker, _memwatch.syscall_available),
+    _Spec("pagemap_scan", _memwatch.PagemapScanTracker, _memwatch.pagemap_scan_available),
+    _Spec("softdirty", _memwatch.SoftDirtyTracker, _memwatch.softdirty_available),
+    _Spec("uffd", _memwatch.UffdTracker, _memwatch.uffd_available),
+    _Spec("mprotect", _memwatch.MprotectTracker, _memwatch.mprotect_available),
+)
+_BY_NAME: dict[str, _Spec] = {s.name: s for s in _SPECS}
+NAMES: tuple[str, ...] = tuple(s.name for s in _SPECS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One tracking mechanism and what it can do on this machine.
+
+    Attributes:
+        name: ``"syscall"``, ``"pagemap_scan"``, ``"softdirty"``, ``"uffd"``
+            or ``"mprotect"``; what ``Watch(..., backend=name)`` accepts.
+        available: the probe succeeded on the running kernel, as this user.
+        reason: why not, in words a user can act on; ``""`` when available.
+        remote: can watch another process (``Watch(..., pid=...)``).
+        partial_reset: can reset part of a watched range (``softdirty``
+            cannot: ``clear_refs`` clears the whole process).
+        atomic: a scan with reset loses no write made during the scan.
+        sees_kernel_writes: writes made by the kernel on the process's behalf
+            (``read()``/``readv()`` into the buffer) are reported.
+            ``mprotect`` cannot: such a syscall fails with ``EFAULT`` instead.
+        false_positives: may report a page that was not written (never the
+            other way round); ``softdirty`` may, after VMA merges.
+    """
+
+    name: str
+    available: bool
+    reason: str
+    remote: bool
+    partial_reset: bool
+    atomic: bool
+    sees_kernel_writes: bool
+    false_positives: bool
+
+
+@functools.cache
+def _probe(name: str) -> tuple[bool, str]:
+    spec = _BY_NAME[name]
+    try:
+        ok, reason = spec.probe()
+    except OSError as err:  # a probe should not raise; never let one escape
+        return False, f"probe failed: {err}"
+    if ok:
+        return True, ""
+    return False, str(reason) or "not supported by this kernel"
+
+
+def _backend(name: str) -> Backend:
+    spec = _BY_NAME[name]
+    ok, reason = _probe(name)
+    return Backend(
+        name=name,
+        available=ok,
+        reason=reason,
+        remote=bool(getattr(spec.cls, "remote", False)),
+        partial_reset=bool(getattr(spec.cls, "partial_reset", False)),
+        atomic=bool(getattr(spec.cls, "atomic", False)),
+        sees_kernel_writes=bool(getattr(spec.cls, "sees_kernel_writes", False)),
+        false_positives=bool(getattr(spec.cls, "false_positives", False)),
+    )
+
+
+def backends() -> list[Backend]:
+    """Every mechanism, in the order ``backend="auto"`` tries them.
+
+    The probes run once per process (cached); the list is a fresh copy.
+    """
+    return [_backend(name) for name in NAMES]
+
+
+def _clear_probe_cache() -> None:
+    """Forget the cached probes (for tests)."""
+    _probe.cache_clear()
+
+
+def tracker_class(name: str) -> Callable[..., Tracker]:
+    return _BY_NAME[name].cls
+
+
+def choose(
+    requested: str, *, remote: bool = False, partial_reset: bool = False
+) -> Backend:
+    """The backend to use for *requested* (a name or ``"auto"``).
+
+    Raises ValueError for an unknown name and UnsupportedError, naming what
+    is missing, when no backend (or not the named one) can do what is asked.
+    """
+    if requested != "auto" and requested not in _BY_NAME:
+        raise ValueError(
+            f"unknown backend {requested!r}; expected 'auto' or one of "
+            + ", ".join(repr(n) for n in NAMES)
+        )
+    needs = []
+    if remote:
+        needs.append("watch another process")
+    if partial_reset:
+        needs.append("reset part of a range")
+    requirement = " and ".join(needs) or "track page writes"
+    candidates: Sequence[Backend] = (
+        backends() if requested == "auto" else [_backend(requested)]
+    )
+    reasons: dict[str, str] = {}
+    for b in candidates:
+        if remote and not b.remote:
+            reasons[b.name] = "cannot watch another process"
+        elif partial_reset and not b.partial_reset:
+            reasons[b.name] = (
+                "cannot reset part of a range (it clears the whole process)"
+            )
+        elif not b.available:
+            reasons[b.name] = b.reason
+        else:
+            return b
+    if requested == "auto":
+        # Name the kernel-level reasons of the backends that would have had
+        # the capability: that is what the user can act on.
+        capable = {
+            n: r
+            for n, r in reasons.items()
+            if not r.startswith("cannot ")
+        }
+        detail = "; ".join(f"{n}: {r}" for n, r in (capable or reasons).items())
+        msg = f"no memwatch backend can {requirement} here ({detail})"
+    else:
+        msg = f"backend {requested!r} cannot {requirement} here: {reasons[requested]}"
+    raise UnsupportedError(msg, requirement=requirement, reasons=reasons)

@@ -1,0 +1,149 @@
+"""Command line: ``python -m memwatch {backends,watch}``.
+
+``backends``
+    a table of every mechanism, whether it works here and why not.
+``watch --pid PID --address ADDR --length LEN [--interval S] [--count N]``
+    poll another process's dirty pages every S seconds (remote backends only:
+    ``syscall``, ``softdirty``); each line is a timestamp, the number of pages
+    written since the previous line, and their offsets from ADDR rounded down
+    to a page.
+
+Exit status: 0 on success, 1 when the watch cannot be set up or the target
+goes away, 2 for a usage error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from . import _backends
+from ._common import UnsupportedError
+from ._watch import Watch
+
+_COLUMNS = (
+    ("backend", "name"),
+    ("available", "available"),
+    ("remote", "remote"),
+    ("partial_reset", "partial_reset"),
+    ("atomic", "atomic"),
+    ("kernel_writes", "sees_kernel_writes"),
+    ("false_positives", "false_positives"),
+)
+
+
+def _yes(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def print_backends(file: TextIO) -> int:
+    rows = [[title for title, _ in _COLUMNS] + ["reason"]]
+    for b in _backends.backends():
+        rows.append([_yes(getattr(b, attr)) for _, attr in _COLUMNS] + [b.reason])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
+        print("  ".join(cells).rstrip(), file=file)
+    return 0
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def watch_process(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    pid: int = args.pid
+    try:
+        watch = Watch(args.address, args.length, pid=pid, backend=args.backend)
+    except UnsupportedError as e:
+        print(f"memwatch: cannot watch process {pid}: {e}", file=err)
+        return 1
+    except ProcessLookupError:
+        print(f"memwatch: no process with pid {pid}", file=err)
+        return 1
+    except PermissionError as e:
+        print(f"memwatch: not allowed to watch process {pid}: {e}", file=err)
+        return 1
+    except (ValueError, TypeError, OSError) as e:
+        print(f"memwatch: cannot watch {args.address:#x}+{args.length:#x} "
+              f"in process {pid}: {e}", file=err)
+        return 1
+    with watch:
+        print(f"# pid {pid} address {watch.address:#x} length {watch.length:#x} "
+              f"backend {watch.backend}", file=out, flush=True)
+        n = 0
+        try:
+            while args.count is None or n < args.count:
+                time.sleep(args.interval)
+                offsets = watch.dirty(reset=True)
+                listed = " ".join(f"{o:#x}" for o in offsets)
+                print(f"{time.time():.3f} {len(offsets)} {listed}".rstrip(),
+                      file=out, flush=True)
+                n += 1
+        except ProcessLookupError:
+            print(f"memwatch: process {pid} has exited", file=err)
+            return 1
+        except OSError as e:
+            print(f"memwatch: watching process {pid} failed: {e}", file=err)
+            return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m memwatch",
+        description="Page write-tracking for Linux.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("backends", help="list the tracking mechanisms and whether they work here")
+    w = sub.add_parser(
+        "watch",
+        help="poll the dirty pages of a range of another process",
+        description="Poll the pages of ADDR..ADDR+LEN that process PID writes, "
+        "printing one line per interval: time, count, page offsets from the "
+        "page-aligned ADDR.  Needs a backend that can watch another process "
+        "(syscall or softdirty).",
+    )
+    w.add_argument("--pid", type=_int, required=True, help="process to watch")
+    w.add_argument("--address", type=_int, required=True,
+                   help="start address in that process (0x... accepted)")
+    w.add_argument("--length", type=_int, required=True, help="bytes to watch")
+    w.add_argument("--interval", type=_positive_float, default=1.0,
+                   help="seconds between polls (default 1)")
+    w.add_argument("--count", type=_int, default=None,
+                   help="stop after N polls (default: until Ctrl-C)")
+    w.add_argument("--backend", default="auto",
+                   choices=("auto", *_backends.NAMES),
+                   help="mechanism (default auto)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "backends":
+            return print_backends(sys.stdout)
+        if args.count is not None and args.count < 0:
+            print("memwatch: --count must not be negative", file=sys.stderr)
+            return 2
+        return watch_process(args, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,575 @@
+"""``memwatch.Watch``: track which pages of a range are written."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import operator
+import os
+import select
+import threading
+from array import array
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _backends, _memwatch
+from ._common import PidFd, UnsupportedError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer, Self
+
+    from ._backends import Tracker
+
+__all__ = ["Watch"]
+
+PAGE_SIZE: Final[int] = _memwatch.PAGE_SIZE
+_PIDFD_SELF: Final[int] = _memwatch.PIDFD_SELF
+# dirty() collects through a reusable buffer of at most this many entries
+# (512 KiB); backends without partial reset get one entry per page instead,
+# so that a scan with reset always completes in one call.
+_MAX_CHUNK: Final = 1 << 16
+
+# The syscall backend passes MEMWATCH_SD_NO_REUSED_REGIONS on every call.
+# Without it, a VMA flagged VM_SOFTDIRTY reads as dirty in full, and the kernel
+# sets that flag on any VMA that a new mapping merges into: an unrelated mmap
+# next to the watched range (the interpreter's allocator does this all the
+# time) would make every watched page "written".  With it only per-page state
+# counts, and process_memwatch v2 still never misses a write: a PTE that is
+# writable is reported dirty, so a page made writable without a fault (e.g.
+# mprotect inside a VM_SOFTDIRTY VMA) is reported rather than lost.  What it
+# gives up -- reporting a region replaced under the Watch (munmap + mmap) as
+# new even where nothing wrote to it -- is outside what a Watch promises: the
+# uffd-based backends lose their registration in that case anyway.
+_SYSCALL_NO_REUSED_REGIONS: Final = True
+
+_ScanFn = Callable[[int, int, Any, bool], int]
+
+
+class _Process:
+    """Another process, held by a pidfd that this object owns.
+
+    The pidfd fixes the identity when the Watch is created: the pid cannot be
+    reused under the Watch.  It becomes readable when the process exits,
+    which gives a cheap liveness check for the path-based ``softdirty``
+    backend (``/proc/PID/pagemap`` of an exited process reads as empty).
+    """
+
+    __slots__ = ("_poll", "pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self._poll = select.poll()
+        self._poll.register(pidfd, select.POLLIN)
+
+    def exited(self) -> bool:
+        return bool(self._poll.poll(0))
+
+    def check_alive(self) -> None:
+        if self.exited():
+            raise ProcessLookupError(errno.ESRCH, f"process {self.pid} has exited")
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _resolve_process(pid: object) -> _Process | None:
+    """``None`` for this process, else an owned pidfd for the target.
+
+    Accepted: ``None``; an int pid (never a file descriptor); a
+    :class:`memwatch.PidFd`; any object with an int ``.pid`` attribute
+    (``subprocess.Popen``, ``multiprocessing.Process``, ``psutil.Process``).
+    The calling process's own pid means "this process".
+    """
+    if pid is None:
+        return None
+    if isinstance(pid, PidFd):
+        fd = os.dup(pid.fileno())
+        try:
+            from ._common import _pid_of_pidfd
+
+            number = _pid_of_pidfd(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if number == os.getpid():
+            os.close(fd)
+            return None
+        return _Process(number, fd)
+    if not isinstance(pid, int) and hasattr(pid, "pid"):
+        pid = pid.pid
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(
+            "pid must be an int pid, a memwatch.PidFd or an object with a .pid "
+            f"attribute, not {type(pid).__name__}"
+        )
+    if pid <= 0:
+        raise ValueError(f"pid must be positive, got {pid}")
+    if pid == os.getpid():
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
+    except OverflowError:
+        raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
+    return _Process(pid, fd)
+
+
+def _buffer_range(target: object) -> tuple[int, int, memoryview]:
+    """(address, nbytes, export) of a buffer-protocol object of this process."""
+    try:
+        view = memoryview(target)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "target must be a buffer (bytearray, mmap, numpy array, memoryview, "
+            f"...) or an int address, not {type(target).__name__}"
+        ) from None
+    try:
+        if view.readonly:
+            raise TypeError("target must be writable: a read-only buffer is never written")
+        if not view.c_contiguous:
+            raise TypeError("target must be C-contiguous")
+        if view.nbytes == 0:
+            raise ValueError("target is empty: nothing to watch")
+        # ctypes asks for a plain writable contiguous buffer, which works for
+        # any item format (numpy record dtypes included).
+        probe = ctypes.c_char.from_buffer(view)
+        address = ctypes.addressof(probe)
+        del probe
+    except BaseException:
+        view.release()
+        raise
+    return address, view.nbytes, view
+
+
+def _int_arg(name: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not bool")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+
+
+# Which backends are in use by live softdirty watches, per pid: a softdirty
+# reset clears the whole process, so two such watches would erase each
+# other's state.
+_softdirty_pids: dict[int, int] = {}
+_softdirty_lock = threading.Lock()
+
+
+def _closed_scan(start: int, length: int, out: Any, reset: bool) -> int:
+    raise ValueError("operation on a closed Watch")
+
+
+class Watch:
+    """Track which pages of a range of memory are written.
+
+    ``Watch(target, length=None, *, pid=None, backend="auto")``
+
+    *target* is either a buffer-protocol object of this process (bytearray,
+    mmap, numpy array, memoryview, ...; writable and C-contiguous) or an int
+    address, in which case *length* (bytes) is required.  The watched range is
+    the whole pages covering the target: :attr:`address` is the target's start
+    rounded down to a page boundary and :attr:`length` the covered span rounded
+    up.  **Every offset memwatch reports or accepts is a byte offset from**
+    :attr:`address`, the page-aligned start, not from the target's first
+    byte; :attr:`target_offset` is where the target begins (``0`` for an
+    mmap or an aligned address), so byte ``i`` of the target lives in the page
+    at offset ``(target_offset + i) // page_size * page_size``.  Pages are
+    watched whole: a write by anything else to a shared page (say a heap
+    neighbour of a small bytearray) counts.
+
+    While the Watch is open it holds a buffer export of *target*, so a
+    bytearray cannot be resized (``BufferError``) nor an mmap closed under it.
+
+    *pid* names another process (then *target* must be an int address in that
+    process): an int is always a process id, a :class:`memwatch.PidFd` wraps a
+    pidfd, and any object with an int ``.pid`` (``subprocess.Popen``,
+    ``psutil.Process``) stands for that pid.  The Watch opens (or duplicates)
+    a pidfd at once, so the target cannot be swapped by pid reuse; a process
+    that has exited gives ProcessLookupError, then or later.  Only backends
+    with ``remote=True`` (``syscall``, ``softdirty``) can do this.
+
+    *backend* is ``"auto"`` (the first available of syscall, pagemap_scan,
+    softdirty, uffd, mprotect that can do what is asked) or one of those
+    names; :class:`memwatch.UnsupportedError` says what is missing when none
+    can.
+
+    A new Watch resets its range: it reports only writes made after it was
+    created.  It is a context manager; :meth:`close` undoes every
+    registration and protection and is idempotent; any other method of a
+    closed Watch raises ValueError.  A Watch is not safe to close while
+    another thread is inside one of its methods.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_address",
+        "_buf",
+        "_buf_lock",
+        "_cap",
+        "_export",
+        "_length",
+        "_npages",
+        "_partial",
+        "_proc",
+        "_scan",
+        "_softdirty_pid",
+        "_tracker",
+        "address",
+        "backend",
+        "length",
+        "page_size",
+        "pid",
+        "target_offset",
+    )
+
+    backend: str
+    page_size: int
+    address: int
+    length: int
+    target_offset: int
+    pid: int | None
+
+    def __init__(
+        self,
+        target: object,
+        length: int | None = None,
+        *,
+        pid: object = None,
+        backend: str = "auto",
+    ) -> None:
+        self._scan: _ScanFn = _closed_scan
+        self._tracker: Tracker | None = None
+        self._export: memoryview | None = None
+        self._proc: _Process | None = None
+        self._softdirty_pid: int | None = None
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, not {type(backend).__name__}")
+        try:
+            self._setup(target, length, pid, backend)
+        except BaseException:
+            self._teardown()
+            raise
+
+    def _setup(
+        self, target: object, length: int | None, pid: object, backend: str
+    ) -> None:
+        page = PAGE_SIZE
+        if isinstance(target, int) and not isinstance(target, bool):
+            if length is None:
+                raise TypeError("an int address needs a length")
+            length = _int_arg("length", length)
+            if target < 0:
+                raise ValueError(f"address must not be negative, got {target:#x}")
+            if length <= 0:
+                raise ValueError(f"length must be positive, got {length}")
+            if target + length > 1 << 64:
+                raise ValueError("address + length is beyond the address space")
+            begin, nbytes = target, length
+        else:
+            if length is not None:
+                raise TypeError("length is taken from the buffer; pass only an int address with it")
+            if pid is not None:
+                raise TypeError(
+                    "a buffer belongs to this process; to watch another process "
+                    "pass an int address and a length with pid="
+                )
+            begin, nbytes, self._export = _buffer_range(target)
+
+        self._proc = _resolve_process(pid)
+        remote = self._proc is not None
+        chosen = _backends.choose(backend, remote=remote)
+
+        start = begin - begin % page
+        end = -(-(begin + nbytes) // page) * page
+        self.address = start
+        self.length = end - start
+        self.target_offset = begin - start
+        self.page_size = page
+        self.backend = chosen.name
+        self.pid = self._proc.pid if self._proc is not None else None
+        self._address = start
+        self._length = end - start
+        self._npages = self._length // page
+        self._partial = chosen.partial_reset
+
+        target_pid = self._proc.pid if self._proc is not None else os.getpid()
+        if chosen.name == "softdirty":
+            with _softdirty_lock:
+                if _softdirty_pids.get(target_pid):
+                    raise UnsupportedError(
+                        "another softdirty Watch is open on process "
+                        f"{target_pid}: a softdirty reset clears the soft-dirty "
+                        "state of the whole process, so two would erase each "
+                        "other's writes; close it or use another backend",
+                        requirement="a second softdirty Watch",
+                        reasons={"softdirty": "one Watch per process"},
+                    )
+                _softdirty_pids[target_pid] = 1
+                self._softdirty_pid = target_pid
+
+        cls = _backends.tracker_class(chosen.name)
+        if chosen.name == "syscall":
+            pidfd = self._proc.pidfd if self._proc is not None else _PIDFD_SELF
+            tracker = cls(pidfd, _SYSCALL_NO_REUSED_REGIONS)
+        elif chosen.name == "softdirty":
+            tracker = cls(target_pid)
+        else:
+            tracker = cls()
+        if self._proc is not None:
+            # The tracker may have opened /proc/PID/...: make sure PID was
+            # still our process when it did.
+            self._proc.check_alive()
+        try:
+            tracker.attach(start, self._length)
+        except OSError as err:
+            raise self._translate(err) from err
+        self._tracker = tracker
+
+        if self._partial:
+            self._cap = min(self._npages, _MAX_CHUNK)
+        else:
+            self._cap = self._npages
+        self._buf = array("Q", bytes(8 * self._cap))
+        self._buf_lock = threading.Lock()
+        if self._partial and self._proc is None:
+            self._scan = tracker.scan
+        else:
+            self._scan = self._checked_scan
+        self._reset_range(start, self._length)
+
+    # -- internals ---------------------------------------------------------
+
+    def _translate(self, err: OSError) -> OSError:
+        """The one place where a backend's OSError gets its meaning."""
+        proc = self._proc
+        if proc is None:
+            return err
+        if isinstance(err, ProcessLookupError) or proc.exited():
+            return ProcessLookupError(errno.ESRCH, f"process {proc.pid} has exited")
+        if isinstance(err, PermissionError):
+            return PermissionError(
+                err.errno,
+                f"not allowed to watch process {proc.pid} ({err.strerror}): "
+                "reading needs ptrace read access and resetting ptrace attach "
+                "access (same user and kernel.yama.ptrace_scope permitting, or "
+                "CAP_SYS_PTRACE)",
+            )
+        return err
+
+    def _checked_scan(self, start: int, length: int, out: Buffer, reset: bool) -> int:
+        """scan() for remote watches and backends without partial reset."""
+        if reset and not self._partial:
+            if start != self._address or length != self._length:
+                raise self._partial_error("reset part of the watched range")
+            cap = memoryview(out).nbytes // 8
+            if cap < self._npages:
+                raise self._partial_error(
+                    f"scan with reset into a buffer of {cap} entries, which may "
+                    f"fill before the end of the {self._npages}-page range"
+                )
+        tracker = self._tracker
+        if tracker is None:
+            raise ValueError("operation on a closed Watch")
+        try:
+            n = tracker.scan(start, length, out, reset)
+        except OSError as err:
+            raise self._translate(err) from err
+        if self._proc is not None:
+            self._proc.check_alive()
+        return n
+
+    def _partial_error(self, what: str) -> UnsupportedError:
+        return UnsupportedError(
+            f"the {self.backend} backend cannot {what}: it resets the whole "
+            "process at once, and memwatch never clears more than asked; reset "
+            "the whole range, or use a backend with partial_reset=True",
+            requirement="partial reset",
+            reasons={self.backend: "no partial reset"},
+        )
+
+    def _reset_range(self, start: int, length: int) -> None:
+        if not self._partial and (start != self._address or length != self._length):
+            raise self._partial_error("reset part of the watched range")
+        tracker = self._tracker
+        if tracker is None:
+            raise ValueError("operation on a closed Watch")
+        try:
+            tracker.reset(start, length)
+        except OSError as err:
+            raise self._translate(err) from err
+        if self._proc is not None:
+            self._proc.check_alive()
+
+    def _narrow(self, start: object, length: object) -> tuple[int, int]:
+        """Validate a (start, length) query; return (offset, bytes)."""
+        if self._tracker is None:
+            raise ValueError("operation on a closed Watch")
+        start = _int_arg("start", start)
+        if start < 0 or start > self._length:
+            raise ValueError(
+                f"start {start:#x} is outside the watched range (0..{self._length:#x})"
+            )
+        if start % PAGE_SIZE:
+            raise ValueError(f"start {start:#x} is not a multiple of the page size")
+        if length is None:
+            length = self._length - start
+        else:
+            length = _int_arg("length", length)
+            if length < 0:
+                raise ValueError(f"length must not be negative, got {length}")
+            length = -(-length // PAGE_SIZE) * PAGE_SIZE
+            if start + length > self._length:
+                raise ValueError(
+                    f"range {start:#x}+{length:#x} is outside the watched range "
+                    f"(0..{self._length:#x})"
+                )
+        return start, length
+
+    def _teardown(self) -> None:
+        self._scan = _closed_scan
+        tracker, self._tracker = self._tracker, None
+        try:
+            if tracker is not None:
+                tracker.detach()
+        finally:
+            if self._softdirty_pid is not None:
+                with _softdirty_lock:
+                    _softdirty_pids.pop(self._softdirty_pid, None)
+                self._softdirty_pid = None
+            if self._export is not None:
+                self._export.release()
+                self._export = None
+            if self._proc is not None:
+                self._proc.close()
+                self._proc = None
+
+    # -- public API --------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._tracker is None
+
+    def close(self) -> None:
+        """Stop watching: undo every registration and protection; idempotent."""
+        self._teardown()
+
+    def __enter__(self) -> Self:
+        if self._tracker is None:
+            raise ValueError("operation on a closed Watch")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._teardown()
+
+    def __del__(self) -> None:
+        # Nothing sensible can be done with an error at finalisation.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self._teardown()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._tracker is None else "open"
+        where = "" if self.pid is None else f" pid={self.pid}"
+        try:
+            return (
+                f"<memwatch.Watch {state} backend={self.backend!r}{where} "
+                f"address={self.address:#x} length={self.length:#x}>"
+            )
+        except AttributeError:
+            return "<memwatch.Watch (failed)>"
+
+    def dirty_into(
+        self,
+        out: Buffer,
+        *,
+        reset: bool = False,
+        start: int = 0,
+        length: int | None = None,
+    ) -> int:
+        """Write the offsets of dirty pages into *out*; return how many.
+
+        *out* is any writable C-contiguous buffer of 8-byte items
+        (``array('Q')``, a ``numpy.uint64`` array, ...; TypeError otherwise).
+        Offsets are bytes from :attr:`address`, ascending, and the call stops
+        when *out* is full.  With *reset*, exactly the reported pages (and the
+        clean pages before the stop point) are reset, atomically where the
+        backend is ``atomic``: call again to get the rest.  *start* (a
+        multiple of the page size) and *length* (rounded up to pages) narrow
+        the query to part of the watched range.  Nothing is allocated.
+        """
+        if start == 0 and length is None:
+            return self._scan(self._address, self._length, out, reset)
+        begin, nbytes = self._narrow(start, length)
+        n = self._scan(self._address + begin, nbytes, out, reset)
+        if begin and n:
+            view = memoryview(out).cast("B").cast("Q")
+            for i in range(n):
+                view[i] += begin
+        return n
+
+    def dirty(
+        self, *, reset: bool = False, start: int = 0, length: int | None = None
+    ) -> array[int]:
+        """The offsets of all dirty pages, as a new ``array('Q')``.
+
+        Same arguments and meaning as :meth:`dirty_into`, but never stops
+        short: it loops until the whole (narrowed) range has been scanned.
+        """
+        if start == 0 and length is None:
+            if self._tracker is None:
+                raise ValueError("operation on a closed Watch")
+            base, nbytes = 0, self._length
+        else:
+            base, nbytes = self._narrow(start, length)
+        lock = self._buf_lock
+        if lock.acquire(blocking=False):
+            try:
+                return self._collect(self._buf, base, nbytes, reset)
+            finally:
+                lock.release()
+        # Another thread is using the shared buffer: use a private one.
+        return self._collect(array("Q", bytes(8 * self._cap)), base, nbytes, reset)
+
+    def _collect(self, buf: array[int], base: int, nbytes: int, reset: bool) -> array[int]:
+        scan = self._scan
+        cap = self._cap
+        result: array[int] | None = None
+        address = self._address
+        while True:
+            n = scan(address + base, nbytes, buf, reset) if nbytes else 0
+            if base:
+                part = array("Q", [x + base for x in buf[:n]])
+            else:
+                part = buf[:n]
+            if result is None:
+                result = part
+            else:
+                result.extend(part)
+            if n < cap or cap == 0:
+                return result
+            step = buf[n - 1] + PAGE_SIZE
+            base += step
+            nbytes -= step
+            if nbytes <= 0:
+                return result
+
+    def reset(self, start: int = 0, length: int | None = None) -> None:
+        """Mark the range clean; *start*/*length* as for :meth:`dirty_into`.
+
+        A backend with ``partial_reset=False`` (softdirty) refuses anything
+        but the whole watched range with UnsupportedError.
+        """
+        if start == 0 and length is None:
+            if self._tracker is None:
+                raise ValueError("operation on a closed Watch")
+            self._reset_range(self._address, self._length)
+            return
+        begin, nbytes = self._narrow(start, length)
+        if nbytes:
+            self._reset_range(self._address + begin, nbytes)

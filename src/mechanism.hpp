@@ -1,0 +1,63 @@
+// The one seam of the extension (SPEC.md, "C++ extension contract"): every
+// write-tracking mechanism is a Mechanism.  The binding layer never talks to
+// a kernel interface directly; it validates Python arguments, releases the
+// GIL and calls through a Tracker (tracker.hpp), which adds locking and the
+// attached-range bookkeeping common to all mechanisms.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace memwatch {
+
+struct Mechanism {
+    virtual ~Mechanism();
+    // Write byte offsets (relative to `start`) of dirty pages in
+    // [start, start+len) into out[0..cap), ascending; stop when full; return
+    // count.  reset=true resets exactly the reported pages (and clean pages
+    // before the stop point), atomically where the mechanism can.
+    virtual std::size_t scan(std::uintptr_t start, std::size_t len, std::uint64_t *out,
+                             std::size_t cap, bool reset) = 0;
+    virtual void reset(std::uintptr_t start, std::size_t len) = 0;  // reset dirty state of the range
+    virtual void attach(std::uintptr_t start, std::size_t len) = 0;  // begin tracking
+    virtual void detach() = 0;  // undo all registrations/protections
+};
+
+// What a mechanism can do (exported as class attributes).
+struct Caps {
+    const char *name;
+    bool remote;              // can watch another process
+    bool partial_reset;       // reset()/scan(reset) can reset a sub-range only
+    bool atomic;              // report+reset loses no concurrent write
+    bool sees_kernel_writes;  // writes by the kernel (read(2) into the range) are reported
+    bool false_positives;     // may report pages that were not written
+};
+
+// Result of an availability probe: ok, or a reason a user can act on.
+struct Probe {
+    bool ok;
+    std::string reason;
+};
+
+// Factories (each .cpp defines its own) and their capabilities.
+std::unique_ptr<Mechanism> make_syscall(int pidfd, bool no_reused_regions);
+std::unique_ptr<Mechanism> make_pagemap_scan();
+std::unique_ptr<Mechanism> make_softdirty(int pid);
+std::unique_ptr<Mechanism> make_uffd();
+std::unique_ptr<Mechanism> make_mprotect();
+
+extern const Caps syscall_caps, pagemap_scan_caps, softdirty_caps, uffd_caps, mprotect_caps;
+
+Probe syscall_probe();
+Probe pagemap_scan_probe();
+Probe softdirty_probe();
+Probe uffd_probe();
+Probe mprotect_probe();
+
+// The raw syscall (returns -1 and sets errno like syscall(2)).
+long process_memwatch(int pidfd, std::uintptr_t start, std::size_t len, unsigned flags,
+                      std::uint64_t *vec, std::size_t vec_len) noexcept;
+
+}  // namespace memwatch

@@ -1,0 +1,50 @@
+// A Mechanism plus what every Python tracker object needs: the attached
+// range, argument checks against it, and a mutex so that a detach (or the
+// object's destruction) racing with a scan in another thread can never use
+// freed state.  Pure C++; called with the GIL released.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "mechanism.hpp"
+
+namespace memwatch {
+
+class Tracker {
+public:
+    Tracker(std::unique_ptr<Mechanism> mech, const Caps &caps);
+    ~Tracker();
+    Tracker(const Tracker &) = delete;
+    Tracker &operator=(const Tracker &) = delete;
+
+    // All of these throw std::invalid_argument (-> ValueError) for a range
+    // that is not page aligned / outside the attached range, or when the
+    // tracker is detached; std::system_error (-> OSError) from the kernel.
+    void attach(std::int64_t start, std::int64_t length);
+    void detach();
+    std::size_t scan(std::int64_t start, std::int64_t length, std::uint64_t *out, std::size_t cap,
+                     bool reset);
+    void reset(std::int64_t start, std::int64_t length);
+
+    const Caps &caps() const noexcept { return caps_; }
+    bool attached() const;
+    std::uintptr_t start() const;
+    std::size_t length() const;
+
+private:
+    // Checks [start, start+length) against the attached range (mutex held);
+    // returns the page-rounded length.
+    std::size_t check_range(std::int64_t start, std::int64_t length) const;
+
+    std::unique_ptr<Mechanism> mech_;
+    const Caps &caps_;
+    mutable std::mutex mu_;
+    bool attached_ = false;
+    std::uintptr_t start_ = 0;
+    std::size_t len_ = 0;
+};
+
+}  // namespace memwatch
