@@ -28,6 +28,9 @@ if [[ ${MEMWATCH_SKIP_GUEST:-0} == 1 ]]; then
 	exit 0
 fi
 
+echo "== deps: Debian packages and virtme-ng (quick when present)" >&2
+bash ci/deps.sh
+
 echo "== kernel: checkpatch --strict" >&2
 bash ci/checkpatch.sh
 

@@ -155,11 +155,16 @@ rc=0
 # own messages) go to stderr of vng -> console.log; CMD's output to our stdout.
 vng_line=$(vng_cmd "$kvm_flag" "$run" "$script")
 echo "$vng_line" >"$run/vng-command"
-if [[ $show_console -eq 1 ]]; then
-    eval timeout --kill-after=10 "$timeout_s" "$vng_line" </dev/null 2> >(tee "$run/console.log" >&2) || rc=$?
-else
-    eval timeout --kill-after=10 "$timeout_s" "$vng_line" </dev/null 2>"$run/console.log" || rc=$?
-fi
+# QEMU opens /proc/self/fd/1 and /proc/self/fd/2 once per virtio port, each with its own
+# offset: on a regular file the ports overwrite each other. Hence pipes on both sides.
+console_sink() { if [[ $show_console -eq 1 ]]; then tee "$run/console.log" >&2; else cat >"$run/console.log"; fi; }
+set +e
+{
+    eval timeout --kill-after=10 "$timeout_s" "$vng_line" </dev/null 2>&1 >&3 3>&- | console_sink
+    echo "${PIPESTATUS[0]}" >"$run/vng-status"
+} 3>&1 | cat
+set -e
+rc=$(cat "$run/vng-status")
 took=$(mw_elapsed "$t0")
 
 status=ok

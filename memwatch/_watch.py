@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _backends, _memwatch
-from ._common import PidFd, UnsupportedError
+from ._common import PidFd, UnsupportedError, _pid_of_pidfd
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Self
@@ -89,8 +89,6 @@ def _resolve_process(pid: object) -> _Process | None:
     if isinstance(pid, PidFd):
         fd = os.dup(pid.fileno())
         try:
-            from ._common import _pid_of_pidfd
-
             number = _pid_of_pidfd(fd)
         except BaseException:
             os.close(fd)
@@ -99,8 +97,9 @@ def _resolve_process(pid: object) -> _Process | None:
             os.close(fd)
             return None
         return _Process(number, fd)
+    handle: object = None
     if not isinstance(pid, int) and hasattr(pid, "pid"):
-        pid = pid.pid
+        handle, pid = pid, pid.pid
     if isinstance(pid, bool) or not isinstance(pid, int):
         raise TypeError(
             "pid must be an int pid, a memwatch.PidFd or an object with a .pid "
@@ -116,7 +115,27 @@ def _resolve_process(pid: object) -> _Process | None:
         raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
     except OverflowError:
         raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
+    if handle is not None and _handle_exited(handle):
+        # Its pid may already name another process: do not watch that one.
+        os.close(fd)
+        raise ProcessLookupError(errno.ESRCH, f"process {pid} has exited")
     return _Process(pid, fd)
+
+
+def _handle_exited(handle: object) -> bool:
+    """Whether a process object says its process is gone.
+
+    Checked after the pidfd is open, so that a process object still alive at
+    that moment proves the pidfd names its process and not a reuse of its pid:
+    ``subprocess.Popen.returncode`` / ``multiprocessing.Process.exitcode`` are
+    set once the child was reaped, ``psutil.Process.is_running()`` compares
+    the creation time.
+    """
+    for attr in ("returncode", "exitcode"):
+        if getattr(handle, attr, None) is not None:
+            return True
+    is_running = getattr(handle, "is_running", None)
+    return callable(is_running) and not is_running()
 
 
 def _buffer_range(target: object) -> tuple[int, int, memoryview]:

@@ -16,8 +16,9 @@
 // ours (PROT_READ faults are SIGSEGV/SEGV_ACCERR), so it is left alone.
 //
 // Ordering against scan(reset=True) is the one in uffd.cpp: the handler
-// un-protects (mprotect RW) before setting the bit; scan clears the bits it
-// reports, then re-protects those pages.
+// un-protects (mprotect RW), then sets the bit, then returns (the write
+// retries only after that); scan clears the bits it reports, then
+// re-protects those pages.
 //
 // Limit (sees_kernel_writes=false): the kernel does not raise SIGSEGV for its
 // own accesses; a read(2) into a clean watched page fails with EFAULT.
@@ -31,6 +32,7 @@
 #include <system_error>
 #include <thread>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -61,6 +63,7 @@ Slot g_slots[kSlots];
 std::mutex g_install_mu;  // attach/detach only, never in the handler
 int g_installed = 0;      // attached ranges (under g_install_mu)
 struct sigaction g_prev;  // written before our handler is installed
+std::atomic<unsigned long> g_detaches{0};  // ranges ever detached (see writable_now)
 
 bool is_write_fault(void *ucv) noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -100,12 +103,74 @@ bool handle_ours(std::uintptr_t addr) noexcept {
     return false;
 }
 
+// Is the page of `addr` writable now?  Parses /proc/self/maps with
+// open/read/close only (async-signal-safe, no allocation).  Used for faults
+// that are no longer ours: a write that faulted on a watched page while
+// another thread detached the range (made it writable and freed its slot)
+// must be retried, not treated as a crash.
+bool writable_now(std::uintptr_t addr) noexcept {
+    const int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return false;
+    }
+    char chunk[1024];
+    char line[128];
+    std::size_t len = 0;
+    bool result = false, done = false;
+    auto parse = [&]() {
+        // "start-end perms ..." with hex addresses.
+        std::uintptr_t v[2] = {0, 0};
+        std::size_t i = 0;
+        for (int k = 0; k < 2; ++k) {
+            for (; i < len; ++i) {
+                const char c = line[i];
+                int d;
+                if (c >= '0' && c <= '9') {
+                    d = c - '0';
+                } else if (c >= 'a' && c <= 'f') {
+                    d = c - 'a' + 10;
+                } else {
+                    break;
+                }
+                v[k] = v[k] * 16 + static_cast<std::uintptr_t>(d);
+            }
+            ++i;  // skip '-' then ' '
+        }
+        if (addr >= v[0] && addr < v[1]) {
+            done = true;
+            result = i + 1 < len && line[i + 1] == 'w';
+        }
+    };
+    while (!done) {
+        const ssize_t r = ::read(fd, chunk, sizeof chunk);
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            break;
+        }
+        for (ssize_t j = 0; j < r && !done; ++j) {
+            if (chunk[j] == '\n') {
+                parse();
+                len = 0;
+            } else if (len < sizeof line) {
+                line[len++] = chunk[j];
+            }
+        }
+    }
+    ::close(fd);
+    return result;
+}
+
 void segv_handler(int sig, siginfo_t *si, void *uc) {
     const int saved_errno = errno;
-    if (si && si->si_code == SEGV_ACCERR && is_write_fault(uc) &&
-        handle_ours(reinterpret_cast<std::uintptr_t>(si->si_addr))) {
-        errno = saved_errno;
-        return;
+    if (si && si->si_code == SEGV_ACCERR && is_write_fault(uc)) {
+        const auto addr = reinterpret_cast<std::uintptr_t>(si->si_addr);
+        if (handle_ours(addr) ||
+            (g_detaches.load(std::memory_order_acquire) != 0 && writable_now(addr))) {
+            errno = saved_errno;
+            return;  // retry the write
+        }
     }
     errno = saved_errno;
     // Not ours: chain.
@@ -124,8 +189,11 @@ void segv_handler(int sig, siginfo_t *si, void *uc) {
     g_prev.sa_handler(sig);
 }
 
+bool g_handler_installed = false;  // under g_install_mu
+
 void install_locked() {
-    if (g_installed++ > 0) {
+    ++g_installed;
+    if (g_handler_installed) {
         return;
     }
     struct sigaction sa;
@@ -137,18 +205,21 @@ void install_locked() {
         --g_installed;
         throw_errno("sigaction(SIGSEGV)");
     }
+    g_handler_installed = true;
 }
 
 void uninstall_locked() {
-    if (--g_installed > 0) {
-        return;
-    }
-    struct sigaction cur;
-    if (::sigaction(SIGSEGV, nullptr, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
-        cur.sa_sigaction == segv_handler) {
-        ::sigaction(SIGSEGV, &g_prev, nullptr);
-    }
-    // Someone installed over us meanwhile: leave theirs (it chains to us or not).
+    // Deliberately does not restore the previous SIGSEGV action when the last
+    // range detaches.  A thread whose write faulted on a watched page just
+    // before another thread detached the range may have its SIGSEGV delivered
+    // only after the detach returned (the signal is raised after the fault
+    // dropped the mmap lock, and delivered on the way back to user space).
+    // Were the previous handler back in place by then, that retryable fault
+    // would kill the process (seen in test_concurrent_detach_while_scanning).
+    // With no range attached our handler is a pass-through: it retries a
+    // write fault on a page that is writable by now, and chains everything
+    // else to the previous handler exactly as before.
+    --g_installed;
 }
 
 class Mprotect final : public Mechanism {
@@ -193,6 +264,7 @@ public:
         (void)::mprotect(reinterpret_cast<void *>(start_), len_, PROT_READ | PROT_WRITE);
         std::lock_guard<std::mutex> lk(g_install_mu);
         if (slot_) {
+            g_detaches.fetch_add(1, std::memory_order_release);
             release_slot(slot_);
             uninstall_locked();
         }

@@ -5,25 +5,28 @@
 // atomic bitmap and un-protects it, which wakes the writer.
 //
 // Why no write is lost (the handler and scan(reset=True) race on a page P):
-//   handler: (h1) UFFDIO_WRITEPROTECT(P, mode 0)   -- un-protect, wake writer
+//   handler: (h1) UFFDIO_WRITEPROTECT(P, mode DONTWAKE) -- un-protect
 //            (h2) bit[P] |= 1
+//            (h3) UFFDIO_WAKE(P)                         -- the writer resumes
 //   scan:    (s1) report P if bit[P]; bit[P] &= ~1 (fetch_and: only the
 //                 reported bits, anything set meanwhile stays set)
-//            (s2) UFFDIO_WRITEPROTECT(P, WP)       -- re-protect
-// Invariant: a page can be written without a fault only while it is
-// unprotected, and it is unprotected only between an h1 and a later s2.
-// - A write after s2 faults, so a later h2 sets the bit again: reported by a
-//   later scan.
-// - A write between s1 and s2 happened before scan() returned: it is already
-//   part of P's contents, which the caller reads after getting P back.
+//            (s2) UFFDIO_WRITEPROTECT(P, WP)             -- re-protect
+// - The faulting write completes only after h3, so its bit is set before the
+//   writer can go on (and e.g. call scan() itself): a write that completed
+//   before scan() started is always reported.
+// - A write after s2 faults again, so a later h2 sets the bit again: it is
+//   reported by a later scan.
+// - A write between s1 and s2 (P still writable) happened before scan()
+//   returned: it is already part of P's contents, which the caller reads
+//   after getting P back.  Linearization point of the reset: s2.
 // - The scanner re-protects P only after seeing bit[P] set, i.e. after h2,
 //   hence after h1: its s2 cannot be undone by the h1 of the same fault.  A
 //   *stale* h1 (a second message for P queued by another thread that faulted
 //   at the same time) may un-protect P after s2, but its h2 then sets the
 //   bit, so P is reported again (a rare false positive, never a lost write).
-// The reverse order (re-protect, then clear the bit) would lose writes: a
-// fault handled between the two sets a bit the scanner then clears while P
-// stays unprotected.
+// The reverse order in scan (re-protect, then clear the bit) would lose
+// writes: a fault handled between the two sets a bit the scanner then
+// clears while P stays unprotected.
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -91,9 +94,15 @@ public:
     }
 
     void detach() override {
-        // Unregister first: it lifts the protection and wakes every writer
-        // still blocked on the range, so the handler has nothing left to do.
+        // Lift the protection (wakes the writers blocked on the range), then
+        // unregister: it drops the uffd-wp bits but, unlike MISSING mode,
+        // wakes no WP waiter.  Faults already queued were queued under the
+        // mmap lock that UFFDIO_UNREGISTER takes for writing, so after it no
+        // new waiter can appear; UFFDIO_WAKE then releases any that the
+        // handler thread has not resolved yet.  Only then stop the thread.
+        (void)uffd_writeprotect(uffd_.get(), start_, len_, false);
         uffd_unregister(uffd_.get(), start_, len_);
+        uffd_wake(uffd_.get(), start_, len_);
         const std::uint64_t one = 1;
         while (::write(stop_.get(), &one, sizeof one) < 0 && errno == EINTR) {
         }
@@ -171,11 +180,12 @@ private:
                     continue;
                 }
                 const std::uintptr_t page = msg.arg.pagefault.address & ~(std::uintptr_t(ps) - 1);
-                // (h1) un-protect and wake, then (h2) record: see the top.
-                (void)uffd_writeprotect(uffd_.get(), page, ps, false);
+                // (h1) un-protect, (h2) record, (h3) wake: see the top.
+                (void)uffd_writeprotect(uffd_.get(), page, ps, false, /*dontwake=*/true);
                 if (page >= start_ && page < start_ + len_) {
                     bits_.set((page - start_) / ps);
                 }
+                uffd_wake(uffd_.get(), page, ps);
             }
         }
     }

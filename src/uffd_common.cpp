@@ -100,11 +100,20 @@ void uffd_unregister(int uffd, std::uintptr_t start, std::size_t len) noexcept {
     (void)::ioctl(uffd, uapi::UFFDIO_UNREGISTER, &r);
 }
 
-int uffd_writeprotect(int uffd, std::uintptr_t start, std::size_t len, bool protect) noexcept {
+void uffd_wake(int uffd, std::uintptr_t start, std::size_t len) noexcept {
+    uapi::uffdio_range r{};
+    r.start = start;
+    r.len = len;
+    (void)::ioctl(uffd, uapi::UFFDIO_WAKE, &r);
+}
+
+int uffd_writeprotect(int uffd, std::uintptr_t start, std::size_t len, bool protect,
+                      bool dontwake) noexcept {
     uapi::uffdio_writeprotect wp{};
     wp.range.start = start;
     wp.range.len = len;
-    wp.mode = protect ? uapi::UFFDIO_WRITEPROTECT_MODE_WP : 0;
+    wp.mode = protect ? uapi::UFFDIO_WRITEPROTECT_MODE_WP
+                      : (dontwake ? uapi::UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
     for (;;) {
         if (::ioctl(uffd, uapi::UFFDIO_WRITEPROTECT, &wp) == 0) {
             return 0;

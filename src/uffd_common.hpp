@@ -34,8 +34,12 @@ UffdOpen uffd_open_with(std::uint64_t features, const char *who);
 void uffd_register_wp(int uffd, std::uintptr_t start, std::size_t len);
 // Best effort; errors from a range that was unmapped meanwhile are ignored.
 void uffd_unregister(int uffd, std::uintptr_t start, std::size_t len) noexcept;
-// UFFDIO_WRITEPROTECT; protect=false un-protects and wakes blocked writers.
-// Retries EAGAIN (mm changing, e.g. during fork).  Returns 0 or an errno.
-int uffd_writeprotect(int uffd, std::uintptr_t start, std::size_t len, bool protect) noexcept;
+// UFFDIO_WAKE: wake threads blocked on faults in the range.  Best effort.
+void uffd_wake(int uffd, std::uintptr_t start, std::size_t len) noexcept;
+// UFFDIO_WRITEPROTECT; protect=false un-protects and (unless dontwake)
+// wakes blocked writers.  Retries EAGAIN (mm changing, e.g. during fork).
+// Returns 0 or an errno.
+int uffd_writeprotect(int uffd, std::uintptr_t start, std::size_t len, bool protect,
+                      bool dontwake = false) noexcept;
 
 }  // namespace memwatch

@@ -383,3 +383,26 @@ def test_process_memwatch_enosys_on_stock_kernel() -> None:
             with pytest.raises(OSError) as info:
                 memwatch.process_memwatch(memwatch.PIDFD_SELF, address_of(m), PAGE, flags, out)
             assert info.value.errno == errno.ENOSYS
+
+
+class _FakeProcess:
+    """Shaped like psutil.Process: .pid and is_running()."""
+
+    def __init__(self, pid: int, running: bool) -> None:
+        self.pid = pid
+        self._running = running
+
+    def is_running(self) -> bool:
+        return self._running
+
+
+def test_process_object_that_has_exited() -> None:
+    """A reaped Popen or a psutil.Process that is no longer running is never
+    resolved through its (possibly reused) pid."""
+    with Child(1) as child:
+        with pytest.raises(ProcessLookupError):
+            memwatch.Watch(child.address, PAGE, pid=_FakeProcess(child.pid, running=False))
+        p = _dead_child()
+        p.pid = child.pid  # as if the dead child's pid had been reused by `child`
+        with pytest.raises(ProcessLookupError):
+            memwatch.Watch(child.address, PAGE, pid=p)

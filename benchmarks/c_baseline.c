@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Plain C baseline for the per-call overhead of memwatch's pagemap_scan
+ * mechanism: the same kernel work as PagemapScanTracker.scan() (one
+ * PAGEMAP_SCAN ioctl on /proc/self/pagemap over a uffd-wp(async) range, the
+ * returned regions expanded into a u64 array of byte offsets), without Python
+ * or pybind11 in between.
+ *
+ *   cc -O2 -Wall -Wextra -o c_baseline c_baseline.c
+ *   ./c_baseline [pages=1024] [dirty=10] [iterations=20000] [repeats=7]
+ *
+ * Prints one line per measurement: "<name> <median ns per call>", the median
+ * over `repeats` runs of the mean over `iterations` calls:
+ *   scan_noreset     scan of a range holding `dirty` written pages, no reset
+ *   dirty_scan_reset write `dirty` pages, then one scan with reset; only the
+ *                    scan is timed (clock_gettime around the ioctl loop)
+ *
+ * The uapi definitions are spelled out (Debian 12's headers predate 6.7),
+ * with the values of the 6.12 tree's include/uapi/linux/fs.h and
+ * userfaultfd.h.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+struct page_region {
+	uint64_t start, end, categories;
+};
+
+struct pm_scan_arg {
+	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+
+struct uffdio_api {
+	uint64_t api, features, ioctls;
+};
+
+struct uffdio_range {
+	uint64_t start, len;
+};
+
+struct uffdio_register {
+	struct uffdio_range range;
+	uint64_t mode, ioctls;
+};
+
+struct uffdio_writeprotect {
+	struct uffdio_range range;
+	uint64_t mode;
+};
+
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#define PAGE_IS_WRITTEN (1ULL << 1)
+#define PM_SCAN_WP_MATCHING (1ULL << 0)
+#define PM_SCAN_CHECK_WPASYNC (1ULL << 1)
+#define UFFD_API 0xAAULL
+#define UFFD_FEATURE_WP_UNPOPULATED (1ULL << 13)
+#define UFFD_FEATURE_WP_ASYNC (1ULL << 15)
+#define UFFDIO_API _IOWR(0xAA, 0x3F, struct uffdio_api)
+#define UFFDIO_REGISTER _IOWR(0xAA, 0x00, struct uffdio_register)
+#define UFFDIO_WRITEPROTECT _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
+#define UFFDIO_REGISTER_MODE_WP (1ULL << 1)
+#define UFFDIO_WRITEPROTECT_MODE_WP (1ULL << 0)
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(2);
+}
+
+static int pagemap_fd;
+static struct page_region *regions;
+static size_t nregions;
+static long psize;
+
+/* The same loop as PagemapScan::scan() in src/pagemap_scan.cpp. */
+static size_t scan(uintptr_t start, size_t len, uint64_t *out, size_t cap, int reset)
+{
+	struct pm_scan_arg arg = {
+		.size = sizeof(arg),
+		.flags = reset ? PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC : 0,
+		.end = start + len,
+		.vec = (uintptr_t)regions,
+		.vec_len = nregions,
+		.category_mask = PAGE_IS_WRITTEN,
+		.return_mask = PAGE_IS_WRITTEN,
+	};
+	uint64_t cur = start;
+	size_t n = 0;
+
+	while (n < cap && cur < start + len) {
+		size_t before = n;
+		int r;
+
+		arg.start = cur;
+		arg.max_pages = cap - n;
+		r = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
+		if (r < 0)
+			die("PAGEMAP_SCAN");
+		for (int i = 0; i < r; i++)
+			for (uint64_t a = regions[i].start; a < regions[i].end && n < cap; a += psize)
+				out[n++] = a - start;
+		if ((size_t)r < nregions && n - before < arg.max_pages)
+			break;
+		if (arg.walk_end <= cur)
+			break;
+		cur = arg.walk_end;
+	}
+	return n;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t median(uint64_t *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_u64);
+	return v[n / 2];
+}
+
+int main(int argc, char **argv)
+{
+	size_t pages = argc > 1 ? strtoul(argv[1], NULL, 0) : 1024;
+	size_t dirty = argc > 2 ? strtoul(argv[2], NULL, 0) : 10;
+	long iters = argc > 3 ? strtol(argv[3], NULL, 0) : 20000;
+	int repeats = argc > 4 ? atoi(argv[4]) : 7;
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED };
+	struct uffdio_register reg = { 0 };
+	struct uffdio_writeprotect wp = { 0 };
+	uint64_t *out, res[2][64];
+	volatile char *mem;
+	size_t len;
+	int uffd;
+
+	if (repeats > 64 || dirty > pages || !dirty)
+		return 2;
+	psize = sysconf(_SC_PAGESIZE);
+	len = pages * psize;
+	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		die("mmap");
+	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pagemap_fd < 0)
+		die("open pagemap");
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0)
+		die("userfaultfd");
+	if (ioctl(uffd, UFFDIO_API, &api))
+		die("UFFDIO_API");
+	reg.range.start = (uintptr_t)mem;
+	reg.range.len = len;
+	reg.mode = UFFDIO_REGISTER_MODE_WP;
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		die("UFFDIO_REGISTER");
+	wp.range = reg.range;
+	wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+	if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp))
+		die("UFFDIO_WRITEPROTECT");
+	/* Like the extension: region array sized once, output sized to the range. */
+	nregions = pages < 4096 ? pages : 4096;
+	regions = calloc(nregions, sizeof(*regions));
+	out = calloc(pages, sizeof(*out));
+	if (!regions || !out)
+		die("calloc");
+
+	/* Spread the dirty pages so each is its own region. */
+	for (int r = 0; r < repeats; r++) {
+		uint64_t t0, total = 0;
+
+		for (size_t i = 0; i < dirty; i++)
+			mem[(i * (pages / dirty)) * psize] = 1;
+		t0 = now_ns();
+		for (long k = 0; k < iters; k++)
+			if (scan((uintptr_t)mem, len, out, pages, 0) != dirty)
+				die("scan_noreset count");
+		res[0][r] = (now_ns() - t0) / iters;
+
+		for (long k = 0; k < iters; k++) {
+			for (size_t i = 0; i < dirty; i++)
+				mem[(i * (pages / dirty)) * psize] = 1;
+			t0 = now_ns();
+			if (scan((uintptr_t)mem, len, out, pages, 1) != dirty)
+				die("dirty_scan_reset count");
+			total += now_ns() - t0;
+		}
+		res[1][r] = total / iters;
+	}
+	printf("scan_noreset %llu\n", (unsigned long long)median(res[0], repeats));
+	printf("dirty_scan_reset %llu\n", (unsigned long long)median(res[1], repeats));
+	return 0;
+}
