@@ -123,16 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(syscall or softdirty).",
     )
     w.add_argument("--pid", type=_int, required=True, help="process to watch")
-    w.add_argument("--address", type=_int, required=True,
+    w.add_argument("--address", type=_int, required=True, metavar="ADDR",
                    help="start address in that process (0x... accepted)")
-    w.add_argument("--length", type=_int, required=True, help="bytes to watch")
-    w.add_argument("--interval", type=_positive_float, default=1.0,
+    w.add_argument("--length", type=_int, required=True, metavar="LEN", help="bytes to watch")
+    w.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
                    help="seconds between polls (default 1)")
-    w.add_argument("--count", type=_int, default=None,
+    w.add_argument("--count", type=_int, default=None, metavar="N",
                    help="stop after N polls (default: until Ctrl-C)")
     w.add_argument("--backend", default="auto",
-                   choices=("auto", *_backends.NAMES),
-                   help="mechanism (default auto)")
+                   choices=("auto", *_backends.NAMES), metavar="NAME",
+                   help="auto (default) or one of: " + ", ".join(_backends.NAMES))
     return parser
 
 

@@ -165,6 +165,24 @@ def _buffer_range(target: object) -> tuple[int, int, memoryview]:
     return address, view.nbytes, view
 
 
+def _out_capacity(out: object) -> int:
+    """Entries *out* holds; TypeError unless it is a writable C-contiguous
+    one-dimensional buffer of 8-byte items (the backends' own rule)."""
+    try:
+        view = memoryview(out)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"out must be a writable buffer of 8-byte items, not {type(out).__name__}"
+        ) from None
+    with view:
+        if view.readonly or not view.c_contiguous or view.ndim != 1 or view.itemsize != 8:
+            raise TypeError(
+                "out must be a writable C-contiguous one-dimensional buffer of "
+                "8-byte items (array('Q'), numpy.uint64, ...)"
+            )
+        return len(view)
+
+
 def _int_arg(name: str, value: object) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not bool")
@@ -201,10 +219,15 @@ class Watch:
     mmap or an aligned address), so byte ``i`` of the target lives in the page
     at offset ``(target_offset + i) // page_size * page_size``.  Pages are
     watched whole: a write by anything else to a shared page (say a heap
-    neighbour of a small bytearray) counts.
+    neighbour of a small bytearray) counts.  With the kernel-level backends
+    (syscall, softdirty) a write into a transparent huge page reports all of
+    its base pages; :func:`memwatch.alloc` mappings avoid that
+    (``MADV_NOHUGEPAGE``).
 
     While the Watch is open it holds a buffer export of *target*, so a
     bytearray cannot be resized (``BufferError``) nor an mmap closed under it.
+    An int address carries no such guarantee: keeping the range mapped while
+    it is watched is then the caller's job.
 
     *pid* names another process (then *target* must be an int address in that
     process): an int is always a process id, a :class:`memwatch.PidFd` wraps a
@@ -384,10 +407,10 @@ class Watch:
 
     def _checked_scan(self, start: int, length: int, out: Buffer, reset: bool) -> int:
         """scan() for remote watches and backends without partial reset."""
-        if reset and not self._partial:
+        if reset and not self._partial and length:
+            cap = _out_capacity(out)  # TypeError first, as the backend would
             if start != self._address or length != self._length:
                 raise self._partial_error("reset part of the watched range")
-            cap = memoryview(out).nbytes // 8
             if cap < self._npages:
                 raise self._partial_error(
                     f"scan with reset into a buffer of {cap} entries, which may "
@@ -414,7 +437,9 @@ class Watch:
         )
 
     def _reset_range(self, start: int, length: int) -> None:
-        if not self._partial and (start != self._address or length != self._length):
+        if not self._partial and length and (
+            start != self._address or length != self._length
+        ):
             raise self._partial_error("reset part of the watched range")
         tracker = self._tracker
         if tracker is None:

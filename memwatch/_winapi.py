@@ -63,8 +63,9 @@ def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
     """A new anonymous private read-write mapping, tracked from birth.
 
     The analogue of ``VirtualAlloc(MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH)``:
-    *size* is rounded up to whole pages, the mapping reports no written page
-    until something writes to it, and :func:`get_write_watch` /
+    *size* is rounded up to whole pages, the mapping never uses transparent
+    huge pages (so a write reports exactly its own page), reports no written
+    page until something writes to it, and :func:`get_write_watch` /
     :func:`reset_write_watch` work on it.  ``backend="auto"`` picks only
     backends that can reset part of a range (``GetWriteWatch`` with a count
     and reset needs it); naming ``softdirty`` explicitly is allowed, and then
@@ -84,6 +85,10 @@ def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
         prot=mmap.PROT_READ | mmap.PROT_WRITE,
     )
     try:
+        # Page granularity, as on Windows: with a transparent huge page, one
+        # write would make the kernel-level backends report 512 pages.
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            m.madvise(mmap.MADV_NOHUGEPAGE)
         m.watch = Watch(m, backend=chosen.name)
     except BaseException:
         mmap.mmap.close(m)

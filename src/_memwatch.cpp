@@ -309,7 +309,10 @@ PYBIND11_MODULE(_memwatch, m) {
         "mprotect(PROT_READ) + a process-wide SIGSEGV handler (chained to the previous one). "
         "sees_kernel_writes=False: a system call writing into a watched, clean page (read(2), "
         "readinto) fails with EFAULT instead of being tracked. detach() restores "
-        "PROT_READ|PROT_WRITE. Do not toggle faulthandler while a range is attached.")
+        "PROT_READ|PROT_WRITE. The handler stays installed after the last detach (as a "
+        "pass-through that chains every fault it does not own) so that a write fault racing "
+        "with a detach is retried, not fatal. Do not toggle faulthandler while a range is "
+        "attached.")
         .def(py::init([] {
             return new MprotectTracker(memwatch::make_mprotect(), memwatch::mprotect_caps);
         }));

@@ -87,7 +87,15 @@ public:
             const std::size_t before = n;
             const int r = ::ioctl(pagemap_.get(), uapi::PAGEMAP_SCAN, &arg);
             if (r < 0) {
-                throw_errno("PAGEMAP_SCAN");
+                const int err = errno;
+                // With PM_SCAN_CHECK_WPASYNC a VMA without async uffd-wp in the
+                // range fails the reset instead of being skipped silently
+                // (which would drop its writes).
+                throw_errno(err, err == EPERM ? "PAGEMAP_SCAN: part of the range is not "
+                                                "registered for write-protection any more "
+                                                "(unmapped and mapped again?): detach and "
+                                                "attach again"
+                                              : "PAGEMAP_SCAN");
             }
             for (int i = 0; i < r; ++i) {
                 const uapi::page_region &reg = regions_[static_cast<std::size_t>(i)];

@@ -41,7 +41,9 @@ Fd open_proc(int pid, const char *file, int flags) {
                              "/" + file;
     const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
     if (fd < 0) {
-        throw_errno(("open " + path).c_str());
+        const int err = errno;
+        // No /proc/PID: the process does not exist (-> ProcessLookupError).
+        throw_errno(err == ENOENT ? ESRCH : err, ("open " + path).c_str());
     }
     return Fd(fd);
 }

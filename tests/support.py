@@ -82,8 +82,11 @@ def anon(npages: int) -> memoryview:
     merge with a mapping the interpreter creates next to it.  Such a merge
     marks the whole merged VMA VM_SOFTDIRTY, and the softdirty backend then
     reports every page dirty: a documented false positive, but one that would
-    make exact assertions flaky in the guest.  Releasing the view (``with``
-    or ``release()``) unmaps everything.
+    make exact assertions flaky in the guest.  Transparent huge pages are
+    off for the mapping (the guest kernel has THP "always"): one write into a
+    huge page makes the kernel-level backends report its 512 base pages, a
+    documented false positive that page-granular assertions must not meet.
+    Releasing the view (``with`` or ``release()``) unmaps everything.
     """
     m = mmap.mmap(
         -1,
@@ -91,6 +94,7 @@ def anon(npages: int) -> memoryview:
         flags=mmap.MAP_PRIVATE,  # fileno -1 adds MAP_ANONYMOUS
         prot=mmap.PROT_READ | mmap.PROT_WRITE,
     )
+    m.madvise(mmap.MADV_NOHUGEPAGE)
     base = address_of(m)
     mprotect(base, PAGE, PROT_NONE)
     mprotect(base + (npages + 1) * PAGE, PAGE, PROT_NONE)
