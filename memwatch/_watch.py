@@ -9,6 +9,7 @@ import operator
 import os
 import select
 import threading
+import weakref
 from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -203,6 +204,31 @@ def _closed_scan(start: int, length: int, out: Any, reset: bool) -> int:
     raise ValueError("operation on a closed Watch")
 
 
+def _abandon(tracker: object) -> None:
+    """Never detach (nor destroy) a tracker inherited through fork().
+
+    A userfaultfd belongs to the mm that created it: UFFDIO_UNREGISTER from a
+    forked child, which is what detach() (or the C++ destructor) would issue,
+    unregisters the *parent's* range.  The child keeps one extra reference so
+    the object outlives interpreter shutdown there.
+    """
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(tracker))
+
+
+# Every open Watch, so that a forked child can close its copies at once.
+_live: weakref.WeakSet[Watch] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for watch in list(_live):
+        with contextlib.suppress(Exception):
+            watch._teardown()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Watch:
     """Track which pages of a range of memory are written.
 
@@ -245,7 +271,10 @@ class Watch:
     A new Watch resets its range: it reports only writes made after it was
     created.  It is a context manager; :meth:`close` undoes every
     registration and protection and is idempotent; any other method of a
-    closed Watch raises ValueError.  A Watch is not safe to close while
+    closed Watch raises ValueError.  A Watch belongs to the process that
+    created it: in a child made by ``fork()`` every inherited Watch is closed
+    (without touching the parent's registrations, which a userfaultfd would
+    otherwise let the child undo).  A Watch is not safe to close while
     another thread is inside one of its methods.
     """
 
@@ -258,6 +287,7 @@ class Watch:
         "_export",
         "_length",
         "_npages",
+        "_owner",
         "_partial",
         "_proc",
         "_scan",
@@ -291,6 +321,7 @@ class Watch:
         self._export: memoryview | None = None
         self._proc: _Process | None = None
         self._softdirty_pid: int | None = None
+        self._owner = os.getpid()
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, not {type(backend).__name__}")
         try:
@@ -357,18 +388,18 @@ class Watch:
                 self._softdirty_pid = target_pid
 
         cls = _backends.tracker_class(chosen.name)
-        if chosen.name == "syscall":
-            pidfd = self._proc.pidfd if self._proc is not None else _PIDFD_SELF
-            tracker = cls(pidfd, _SYSCALL_NO_REUSED_REGIONS)
-        elif chosen.name == "softdirty":
-            tracker = cls(target_pid)
-        else:
-            tracker = cls()
-        if self._proc is not None:
-            # The tracker may have opened /proc/PID/...: make sure PID was
-            # still our process when it did.
-            self._proc.check_alive()
         try:
+            if chosen.name == "syscall":
+                pidfd = self._proc.pidfd if self._proc is not None else _PIDFD_SELF
+                tracker = cls(pidfd, _SYSCALL_NO_REUSED_REGIONS)
+            elif chosen.name == "softdirty":
+                tracker = cls(target_pid)
+            else:
+                tracker = cls()
+            if self._proc is not None:
+                # The tracker may have opened /proc/PID/...: make sure PID was
+                # still our process when it did.
+                self._proc.check_alive()
             tracker.attach(start, self._length)
         except OSError as err:
             raise self._translate(err) from err
@@ -385,6 +416,7 @@ class Watch:
         else:
             self._scan = self._checked_scan
         self._reset_range(start, self._length)
+        _live.add(self)
 
     # -- internals ---------------------------------------------------------
 
@@ -481,7 +513,10 @@ class Watch:
         tracker, self._tracker = self._tracker, None
         try:
             if tracker is not None:
-                tracker.detach()
+                if os.getpid() == self._owner:
+                    tracker.detach()
+                else:
+                    _abandon(tracker)
         finally:
             if self._softdirty_pid is not None:
                 with _softdirty_lock:

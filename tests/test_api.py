@@ -552,3 +552,29 @@ def test_guest_backends_named_in_skip_reasons(name: str) -> None:
     if reason is None:
         pytest.skip(f"{name} is available here")
     assert "QEMU guest" in reason
+
+
+@pytest.mark.parametrize("backend", ANY)
+def test_forked_child_cannot_undo_parent_watch(backend: str) -> None:
+    """A userfaultfd acts on its creator's mm: a child that closed (or
+    finalised) an inherited Watch must not unregister the parent's range."""
+    import gc
+
+    with anon(4) as m, memwatch.Watch(m, backend=backend) as w:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ok = w.closed  # closed in the child by the at-fork hook
+                w.close()
+                del w
+                gc.collect()
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not w.closed
+        touch(m, [2])
+        assert list(w.dirty(reset=True)) == [2 * PAGE]
+        assert list(w.dirty()) == []
