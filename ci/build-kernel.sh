@@ -13,14 +13,17 @@
 #   --print-tree     print the patched source tree instead (to build the selftest)
 #   --print-headers  print the installed uapi headers dir (make headers_install) instead
 #   --print-env      print KERNEL=, TREE=, HEADERS=, BUILD=, CONFIG=, KEY= lines instead
+#   --print-key      print the cache key (variant-sha) and exit without building
 #   --clean          drop this variant's object dir first (ccache still makes it quick)
 #
 # Cache: ${MEMWATCH_CACHE:-~/.cache/memwatch}, keyed by sha256 of (series, patches, config
-# fragments, source package version, variant, this script): an unchanged re-run just prints
+# fragments, source package version, variant, gcc, RECIPE): an unchanged re-run just prints
 # the cached result. Installs missing Debian packages itself. One build at a time (flock).
 set -euo pipefail
 
 MW_PROG="build-kernel"
+# Part of the cache key: bump it when a change here changes what gets built.
+RECIPE=1
 # shellcheck source=ci/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -36,6 +39,7 @@ main() {
             --print-tree) print=tree; shift ;;
             --print-headers) print=headers; shift ;;
             --print-env) print="env"; shift ;;
+            --print-key) print="key"; shift ;;
             --clean) clean=1; shift ;;
             -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 0 ;;
             *) mw_die "unknown argument '$1' (see --help)" ;;
@@ -50,12 +54,6 @@ main() {
     for f in "${fragments[@]}"; do [[ -f $f ]] || mw_die "missing config fragment $f"; done
 
     mkdir -p "$MW_CACHE"
-    exec 9>"$MW_CACHE/build.lock"
-    if ! flock -n 9; then
-        mw_log "another kernel build holds $MW_CACHE/build.lock; waiting"
-        flock 9
-    fi
-
     t_start=$(mw_now)
     mw_ensure_build_deps
 
@@ -75,20 +73,20 @@ main() {
             echo "variant=$variant"
             echo "source=$MW_SRC_PACKAGE $src_version"
             echo "gcc=$(gcc --version | head -n1)"
-            echo "script=$(sha256sum <"$0")"
+            echo "recipe=$RECIPE"
             [[ -f $series ]] && { echo "series:"; cat "$series"; }
             for p in "${patches[@]}"; do echo "patch ${p##*/}"; sha256sum <"$p"; done
             for f in "${fragments[@]}"; do echo "fragment ${f##*/}"; sha256sum <"$f"; done
         } | sha256sum | cut -c1-16
     )
+    if [[ $print == key ]]; then echo "$variant-$key"; exit 0; fi
     out=$MW_CACHE/out/$variant-$key
     work=$MW_CACHE/work/$variant
     src=$work/src
     build=$work/build
     pristine=
     mkdir -p "$MW_CACHE/logs" "$work"
-    log=$MW_CACHE/logs/build-$variant-$(date +%Y%m%d-%H%M%S).log
-    : >"$log"
+    log=/dev/null
 
     # --- pristine tree (extracted once) -----------------------------------------------------
     extract_pristine() { pristine=$(mw_pristine_tree); }
@@ -203,6 +201,19 @@ main() {
         esac
     }
 
+    # Cached: no lock needed (results are published by an atomic rename).
+    if [[ -f $out/.done && ( $print != tree || ( -f $work/src.key && $(cat "$work/src.key") == "$key" ) ) ]]; then
+        mw_log "cached $variant kernel (key $key), $(mw_elapsed "$t_start") s"
+        emit
+        exit 0
+    fi
+
+    # One build (or tree preparation) at a time: 2 cores.
+    exec 9>"$MW_CACHE/build.lock"
+    if ! flock -n 9; then
+        mw_log "another kernel build holds $MW_CACHE/build.lock; waiting"
+        flock 9
+    fi
     if [[ -f $out/.done ]]; then
         if [[ $print == tree ]]; then
             extract_pristine
@@ -213,6 +224,8 @@ main() {
         exit 0
     fi
 
+    log=$MW_CACHE/logs/build-$variant-$(date +%Y%m%d-%H%M%S).log
+    : >"$log"
     mw_log "building $variant kernel, key $key, log: $log"
     extract_pristine
     [[ $clean -eq 1 ]] && { mw_log "--clean: removing $build"; rm -rf "$build"; }

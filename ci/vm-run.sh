@@ -205,6 +205,7 @@ if [[ -n $reports ]]; then
     [[ $rc -eq 0 ]] && rc=1
 fi
 
+[[ $status == ok && $rc -ne 0 ]] && status="command failed"
 mw_log "guest exit status $rc ($status) after $took s; run dir $run"
 if [[ $rc -eq 0 && $keep -eq 0 ]]; then
     rm -rf "$run"
