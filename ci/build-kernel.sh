@@ -14,6 +14,7 @@
 #   --print-headers  print the installed uapi headers dir (make headers_install) instead
 #   --print-env      print KERNEL=, TREE=, HEADERS=, BUILD=, CONFIG=, KEY= lines instead
 #   --print-key      print the cache key (variant-sha) and exit without building
+#   --is-cached      exit 0 if this variant is already built for the current inputs, else 1
 #   --clean          drop this variant's object dir first (ccache still makes it quick)
 #
 # Cache: ${MEMWATCH_CACHE:-~/.cache/memwatch}, keyed by sha256 of (series, patches, config
@@ -40,6 +41,7 @@ main() {
             --print-headers) print=headers; shift ;;
             --print-env) print="env"; shift ;;
             --print-key) print="key"; shift ;;
+            --is-cached) print="is-cached"; shift ;;
             --clean) clean=1; shift ;;
             -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 0 ;;
             *) mw_die "unknown argument '$1' (see --help)" ;;
@@ -80,6 +82,7 @@ main() {
         } | sha256sum | cut -c1-16
     )
     if [[ $print == key ]]; then echo "$variant-$key"; exit 0; fi
+    if [[ $print == is-cached ]]; then [[ -f $MW_CACHE/out/$variant-$key/.done ]]; exit; fi
     out=$MW_CACHE/out/$variant-$key
     work=$MW_CACHE/work/$variant
     src=$work/src

@@ -204,17 +204,6 @@ def _closed_scan(start: int, length: int, out: Any, reset: bool) -> int:
     raise ValueError("operation on a closed Watch")
 
 
-def _abandon(tracker: object) -> None:
-    """Never detach (nor destroy) a tracker inherited through fork().
-
-    A userfaultfd belongs to the mm that created it: UFFDIO_UNREGISTER from a
-    forked child, which is what detach() (or the C++ destructor) would issue,
-    unregisters the *parent's* range.  The child keeps one extra reference so
-    the object outlives interpreter shutdown there.
-    """
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(tracker))
-
-
 # Every open Watch, so that a forked child can close its copies at once.
 _live: weakref.WeakSet[Watch] = weakref.WeakSet()
 
@@ -287,7 +276,6 @@ class Watch:
         "_export",
         "_length",
         "_npages",
-        "_owner",
         "_partial",
         "_proc",
         "_scan",
@@ -321,7 +309,6 @@ class Watch:
         self._export: memoryview | None = None
         self._proc: _Process | None = None
         self._softdirty_pid: int | None = None
-        self._owner = os.getpid()
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, not {type(backend).__name__}")
         try:
@@ -513,10 +500,9 @@ class Watch:
         tracker, self._tracker = self._tracker, None
         try:
             if tracker is not None:
-                if os.getpid() == self._owner:
-                    tracker.detach()
-                else:
-                    _abandon(tracker)
+                # In a fork() child this only forgets the parent's
+                # registration: the C++ Tracker knows which process owns it.
+                tracker.detach()
         finally:
             if self._softdirty_pid is not None:
                 with _softdirty_lock:

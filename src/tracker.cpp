@@ -3,6 +3,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <unistd.h>
+
 #include "util.hpp"
 
 namespace memwatch {
@@ -14,6 +16,14 @@ Tracker::Tracker(std::unique_ptr<Mechanism> mech, const Caps &caps)
 
 Tracker::~Tracker() {
     std::lock_guard<std::mutex> lk(mu_);
+    if (foreign()) {
+        // A fork() child's copy: the mechanism's fds, threads and handler
+        // belong to the parent.  Running its destructor here could join a
+        // thread that does not exist in this process or undo the parent's
+        // registration; leak it instead (the child's copy of its memory).
+        (void)mech_.release();
+        return;
+    }
     if (attached_) {
         attached_ = false;
         try {
@@ -40,7 +50,11 @@ void Tracker::attach(std::int64_t start, std::int64_t length) {
     if (attached_) {
         throw std::invalid_argument("tracker is already attached; detach() first");
     }
+    if (foreign()) {
+        throw std::invalid_argument("tracker was inherited through fork(); create a new one");
+    }
     mech_->attach(ustart, len);
+    owner_ = getpid();
     start_ = ustart;
     len_ = len;
     attached_ = true;
@@ -51,13 +65,22 @@ void Tracker::detach() {
     if (!attached_) {
         return;  // idempotent
     }
+    const bool mine = !foreign();
     attached_ = false;  // even if the mechanism fails to undo everything
-    mech_->detach();
+    if (mine) {
+        mech_->detach();
+    }
 }
+
+bool Tracker::foreign() const { return owner_ != 0 && owner_ != getpid(); }
 
 std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const {
     if (!attached_) {
         throw std::invalid_argument("tracker is detached");
+    }
+    if (foreign()) {
+        throw std::invalid_argument("tracker was inherited through fork(); it belongs to process " +
+                                    std::to_string(owner_));
     }
     if (start < 0 || length < 0) {
         throw std::invalid_argument("start and length must be >= 0");

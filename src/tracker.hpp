@@ -2,12 +2,20 @@
 // range, argument checks against it, and a mutex so that a detach (or the
 // object's destruction) racing with a scan in another thread can never use
 // freed state.  Pure C++; called with the GIL released.
+//
+// A tracker belongs to the process that attached it.  After fork() the child
+// holds a copy that shares the parent's userfaultfd and /proc/PID files:
+// detaching it there would unregister the parent's range, and scanning would
+// reset the parent's state.  In any other process the tracker therefore
+// refuses scan()/reset(), and detach() or destruction only forget it.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+
+#include <sys/types.h>
 
 #include "mechanism.hpp"
 
@@ -38,11 +46,14 @@ private:
     // Checks [start, start+length) against the attached range (mutex held);
     // returns the page-rounded length.
     std::size_t check_range(std::int64_t start, std::int64_t length) const;
+    // True when attached (ever) by another process: we are a fork() child.
+    bool foreign() const;
 
     std::unique_ptr<Mechanism> mech_;
     const Caps &caps_;
     mutable std::mutex mu_;
     bool attached_ = false;
+    pid_t owner_ = 0;  // getpid() at the first attach(); 0 before it
     std::uintptr_t start_ = 0;
     std::size_t len_ = 0;
 };
