@@ -22,7 +22,6 @@ import ctypes
 import mmap
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile

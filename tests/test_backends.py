@@ -19,8 +19,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, TypeVar
 
 import pytest
 
@@ -88,11 +89,11 @@ class Region:
         _libc.munmap(self._base, self.size + 2 * PS)
 
 
-def out_buf(n: int) -> "array.array[int]":
+def out_buf(n: int) -> array.array[int]:
     return array.array("Q", bytes(8 * n))
 
 
-def pages(out: "array.array[int]", n: int) -> List[int]:
+def pages(out: array.array[int], n: int) -> list[int]:
     assert all(o % PS == 0 for o in out[:n])
     return [o // PS for o in out[:n]]
 
@@ -114,7 +115,7 @@ def _softdirty() -> Any:
     return mw.SoftDirtyTracker(os.getpid())
 
 
-MECHS: Dict[str, Tuple[Factory, Callable[[], Tuple[bool, str]]]] = {
+MECHS: dict[str, tuple[Factory, Callable[[], tuple[bool, str]]]] = {
     "pagemap_scan": (mw.PagemapScanTracker, mw.pagemap_scan_available),
     "uffd": (mw.UffdTracker, mw.uffd_available),
     "mprotect": (mw.MprotectTracker, mw.mprotect_available),
@@ -127,7 +128,7 @@ MECHS_FP = {"pagemap_scan": False, "uffd": True, "mprotect": True, "syscall": Tr
             "syscall_nrr": True, "softdirty": True}
 
 
-def _params(names: List[str]) -> List[Any]:
+def _params(names: list[str]) -> list[Any]:
     out = []
     for name in names:
         marks = [pytest.mark.guest] if name in GUEST_ONLY else []
@@ -166,8 +167,8 @@ class Attached:
         self.t = MECHS[name][0]()
         self.t.attach(region.addr, region.size)
 
-    def scan(self, first: int = 0, npages: Optional[int] = None, cap: int = 1024,
-             reset: bool = False) -> List[int]:
+    def scan(self, first: int = 0, npages: int | None = None, cap: int = 1024,
+             reset: bool = False) -> list[int]:
         npages = self.region.npages - first if npages is None else npages
         out = out_buf(cap)
         n = self.t.scan(self.region.addr + first * PS, npages * PS, out, reset)
@@ -187,7 +188,7 @@ def mech(request: pytest.FixtureRequest, region: Region) -> Iterator[Attached]:
 F = TypeVar("F", bound=Callable[..., None])
 
 
-def mechs(names: List[str]) -> Callable[[F], F]:
+def mechs(names: list[str]) -> Callable[[F], F]:
     mark: Callable[[F], F] = pytest.mark.parametrize("mech", _params(names), indirect=True)
     return mark
 
@@ -206,7 +207,7 @@ def test_capabilities(mech: Attached) -> None:
 
 
 def test_capability_table() -> None:
-    expect: Dict[Any, Tuple[bool, ...]] = {
+    expect: dict[Any, tuple[bool, ...]] = {
         mw.SyscallTracker: (True, True, True, True, True),
         mw.PagemapScanTracker: (False, True, True, True, False),
         mw.SoftDirtyTracker: (True, False, False, True, True),
@@ -374,7 +375,7 @@ def test_writes_from_other_threads(mech: Attached) -> None:
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(nthreads)]
     for th in threads:
         th.start()
-    seen: Set[int] = set()
+    seen: set[int] = set()
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
         seen.update(mech.scan(reset=True))
@@ -426,7 +427,7 @@ def test_no_lost_write_after_reset_scan(mech: Attached) -> None:
 def test_concurrent_detach_while_scanning(mech: Attached) -> None:
     """Detaching while other threads scan gives ValueError there, never a crash."""
     region = mech.region
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     started = threading.Barrier(3)
 
     def scanner() -> None:
@@ -505,7 +506,7 @@ def test_mprotect_kernel_writes_fail_with_efault(mech: Attached) -> None:
 
 # ------------------------------------------------------ argument validation
 
-BAD_BUFFERS: List[Tuple[str, Callable[[], Any]]] = [
+BAD_BUFFERS: list[tuple[str, Callable[[], Any]]] = [
     ("bytes", lambda: bytes(64)),
     ("bytearray-itemsize-1", lambda: bytearray(64)),
     ("array-I", lambda: array.array("I", [0] * 8)),
@@ -544,7 +545,7 @@ def test_bad_buffer_messages_say_what_is_wrong(region: Region) -> None:
         t.detach()
 
 
-GOOD_BUFFERS: List[Tuple[str, Callable[[int], Any]]] = [
+GOOD_BUFFERS: list[tuple[str, Callable[[int], Any]]] = [
     ("array-Q", lambda n: array.array("Q", [0] * n)),
     ("array-q", lambda n: array.array("q", [0] * n)),
     ("array-L", lambda n: array.array("L", [0] * n)),
@@ -718,7 +719,7 @@ def test_mprotect_foreign_segfault_still_crashes(faulthandler_on: bool, detach: 
     if faulthandler_on:
         args += ["-X", "faulthandler"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    p = subprocess.run(args + ["-c", MPROTECT_CRASH, detach], capture_output=True, text=True,
+    p = subprocess.run(args + ["-c", MPROTECT_CRASH, detach], capture_output=True, text=True, check=False,
                        timeout=60, env=env, cwd="/")
     assert p.stdout.startswith("handled")
     assert "survived" not in p.stdout
@@ -739,7 +740,7 @@ PROBES = [
 
 
 @pytest.mark.parametrize("probe", PROBES, ids=[p.__name__ for p in PROBES])
-def test_probe_shape_and_reason(probe: Callable[[], Tuple[bool, str]]) -> None:
+def test_probe_shape_and_reason(probe: Callable[[], tuple[bool, str]]) -> None:
     ok, reason = probe()
     assert isinstance(ok, bool) and isinstance(reason, str)
     if ok:
@@ -950,24 +951,24 @@ def _ioc(direction: int, typ: int, nr: int, size: int) -> int:
     return (direction << 30) | (size << 16) | (typ << 8) | nr
 
 
-def _parse_defines(text: str) -> Dict[str, str]:
+def _parse_defines(text: str) -> dict[str, str]:
     text = re.sub(r"\\\n", " ", text)
     return {m.group(1): m.group(2).strip()
-            for m in re.finditer(r"^#define\s+(\w+)\s+(.+?)\s*(?:/\*.*)?$", text, re.M)}
+            for m in re.finditer(r"^#define\s+(\w+)\s+(.+?)\s*(?:/\*.*)?$", text, re.MULTILINE)}
 
 
 def _int_expr(expr: str) -> int:
     expr = re.sub(r"\(__u64\)", "", expr)
     assert re.fullmatch(r"[\s\d()<x|a-fA-F]+", expr), expr
-    return int(eval(expr))  # noqa: S307 - digits, shifts and parens only (checked above)
+    return int(eval(expr))
 
 
 def _struct_size(text: str, name: str) -> int:
-    body = re.search(r"struct %s \{(.*?)\n\};" % name, text, re.S)
+    body = re.search(rf"struct {name} \{{(.*?)\n\}};", text, re.DOTALL)
     assert body, name
     sizes = {"__u64": 8, "__s64": 8, "__u32": 4, "__u16": 2, "__u8": 1}
     total = 0
-    for m in re.finditer(r"^\s*(?:struct (\w+)|(__[us]\d+))\s+\w+;", body.group(1), re.M):
+    for m in re.finditer(r"^\s*(?:struct (\w+)|(__[us]\d+))\s+\w+;", body.group(1), re.MULTILINE):
         total += _struct_size(text, m.group(1)) if m.group(1) else sizes[m.group(2)]
     return total
 
@@ -1037,12 +1038,12 @@ def test_model_random_ops(name: str) -> None:
     @hypothesis.settings(max_examples=40, deadline=None, database=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(ops=st.lists(_op, max_size=25))
-    def run(ops: List[Tuple[Any, ...]]) -> None:
+    def run(ops: list[tuple[Any, ...]]) -> None:
         r = Region(NPAGES_MODEL)
         try:
             a = Attached(name, r)
             try:
-                dirty: Set[int] = set()
+                dirty: set[int] = set()
                 for op in ops:
                     if op[0] == "write":
                         r.write(op[1])
@@ -1115,6 +1116,6 @@ def test_without_cap_sys_ptrace_user_mode_only() -> None:
                         sys.executable, "-c", UNPRIV_SCRIPT], capture_output=True, text=True,
                        timeout=60, env=env, cwd="/")
     assert p.returncode == 0, p.stderr
-    res = eval(p.stdout)  # noqa: S307 - our own repr of a dict of str/list
+    res = eval(p.stdout)
     assert res["pagemap_scan"] == ("ok", [0, 2])
     assert res["uffd"] == ("EFAULT", [0])
