@@ -295,10 +295,7 @@ public:
     void reset(std::uintptr_t start, std::size_t len) override {
         const std::size_t ps = page_size();
         const std::size_t first = (start - start_) / ps, last = first + len / ps;
-        for (std::size_t p = first; p < last; ++p) {
-            bits_.word(p / 64).fetch_and(~(std::uint64_t{1} << (p % 64)),
-                                         std::memory_order_acq_rel);
-        }
+        bits_.clear_range(first, last);
         if (::mprotect(reinterpret_cast<void *>(start), len, PROT_READ) != 0) {
             throw_errno("mprotect");
         }

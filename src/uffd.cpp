@@ -135,16 +135,7 @@ public:
         // Same order as scan(): clear the bits, then protect the range.
         const std::size_t ps = page_size();
         const std::size_t first = (start - start_) / ps, last = first + len / ps;
-        for (std::size_t p = first; p < last;) {
-            if (p % 64 == 0 && p + 64 <= last) {
-                bits_.word(p / 64).store(0, std::memory_order_release);
-                p += 64;
-            } else {
-                bits_.word(p / 64).fetch_and(~(std::uint64_t{1} << (p % 64)),
-                                             std::memory_order_acq_rel);
-                ++p;
-            }
-        }
+        bits_.clear_range(first, last);
         if (const int err = uffd_writeprotect(uffd_.get(), start, len, true)) {
             throw_errno(err, "UFFDIO_WRITEPROTECT");
         }

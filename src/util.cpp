@@ -50,4 +50,16 @@ void PageBitmap::clear_all() noexcept {
     std::atomic_thread_fence(std::memory_order_release);
 }
 
+void PageBitmap::clear_range(std::size_t first, std::size_t last) noexcept {
+    for (std::size_t p = first; p < last;) {
+        if (p % 64 == 0 && p + 64 <= last) {
+            words_[p / 64].store(0, std::memory_order_release);
+            p += 64;
+        } else {
+            words_[p / 64].fetch_and(~(std::uint64_t{1} << (p % 64)), std::memory_order_acq_rel);
+            ++p;
+        }
+    }
+}
+
 }  // namespace memwatch

@@ -81,6 +81,8 @@ public:
     }
     std::atomic<std::uint64_t> &word(std::size_t i) noexcept { return words_[i]; }
     void clear_all() noexcept;
+    // Clear the bits of pages [first, last) (bits outside stay as they are).
+    void clear_range(std::size_t first, std::size_t last) noexcept;
 
 private:
     std::unique_ptr<std::atomic<std::uint64_t>[]> words_;
