@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from . import _memwatch
+from . import _memwatch, _probes
 from ._common import UnsupportedError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Tracker(Protocol):
 class _Spec(NamedTuple):
     name: str
     cls: Callable[..., Tracker]
-    probe: Callable[[], tuple[bool, str]]
+    probe: Callable[[], tuple[bool, str, int]]
 
 
 # Priority order: the order backend="auto" tries them in.
@@ -92,14 +92,7 @@ class Backend:
 
 @functools.cache
 def _probe(name: str) -> tuple[bool, str]:
-    spec = _BY_NAME[name]
-    try:
-        ok, reason = spec.probe()
-    except OSError as err:  # a probe should not raise; never let one escape
-        return False, f"probe failed: {err}"
-    if ok:
-        return True, ""
-    return False, str(reason) or "not supported by this kernel"
+    return _probes.run(name, _BY_NAME[name].probe)
 
 
 def _backend(name: str) -> Backend:

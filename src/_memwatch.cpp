@@ -1,14 +1,20 @@
 // memwatch._memwatch: the Python bindings.  This file only binds: it checks
-// Python arguments (buffers) with the GIL held, releases the GIL around the
-// call into tracker.hpp / mechanism.hpp, and maps C++ exceptions to Python
-// (std::system_error -> OSError(errno), std::invalid_argument -> ValueError).
+// Python arguments (ints, bools, buffers) with the GIL held, releases the GIL
+// around the call into tracker.hpp / mechanism.hpp, and maps C++ exceptions to
+// Python (std::system_error -> OSError(errno), std::invalid_argument ->
+// ValueError).  Every argument is taken as a plain Python object and converted
+// here, so a wrong type or an out-of-range value gets a message naming the
+// argument instead of pybind11's "incompatible function arguments" dump.
 #include <pybind11/pybind11.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <system_error>
+#include <utility>
 
 #include "mechanism.hpp"
 #include "tracker.hpp"
@@ -19,6 +25,89 @@ namespace py = pybind11;
 using memwatch::Tracker;
 
 namespace {
+
+[[noreturn]] void raise(PyObject *type, const std::string &msg) {
+    PyErr_SetString(type, msg.c_str());
+    throw py::error_already_set();
+}
+
+const char *type_name(const py::handle &obj) { return Py_TYPE(obj.ptr())->tp_name; }
+
+// A Python int (or anything with __index__, never a bool) in 0..2**64-1.
+std::uint64_t u64_arg(const py::handle &obj, const char *name) {
+    PyObject *o = obj.ptr();
+    if (PyBool_Check(o) || !PyIndex_Check(o)) {
+        raise(PyExc_TypeError, std::string(name) + " must be an int, not " + type_name(obj));
+    }
+    auto index = py::reinterpret_steal<py::object>(PyNumber_Index(o));
+    if (!index) {
+        throw py::error_already_set();
+    }
+    const unsigned long long v = PyLong_AsUnsignedLongLong(index.ptr());
+    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        const bool negative = PyObject_RichCompareBool(index.ptr(), py::int_(0).ptr(), Py_LT) == 1;
+        const std::string text = py::str(index);
+        if (negative) {
+            raise(PyExc_ValueError, std::string(name) + " must not be negative, got " + text);
+        }
+        raise(PyExc_OverflowError, std::string(name) + " does not fit in 64 bits: " + text);
+    }
+    return v;
+}
+
+// A C int (a file descriptor or a negative pidfd sentinel).
+int int_arg(const py::handle &obj, const char *name) {
+    PyObject *o = obj.ptr();
+    if (PyBool_Check(o) || !PyIndex_Check(o)) {
+        raise(PyExc_TypeError, std::string(name) + " must be an int, not " + type_name(obj));
+    }
+    auto index = py::reinterpret_steal<py::object>(PyNumber_Index(o));
+    if (!index) {
+        throw py::error_already_set();
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        throw py::error_already_set();
+    }
+    if (overflow || v < INT_MIN || v > INT_MAX) {
+        raise(PyExc_OverflowError, std::string(name) + " does not fit in a C int: " +
+                                       std::string(py::str(index)));
+    }
+    return static_cast<int>(v);
+}
+
+// A bool (or numpy.bool_): an int or a str here is far more likely a mistake
+// than a request, and reset=True is not to be guessed.
+bool bool_arg(const py::handle &obj, const char *name) {
+    if (obj.ptr() == Py_True) {
+        return true;
+    }
+    if (obj.ptr() == Py_False) {
+        return false;
+    }
+    const std::string tn = type_name(obj);
+    if (tn == "numpy.bool_" || tn == "numpy.bool") {
+        return PyObject_IsTrue(obj.ptr()) == 1;
+    }
+    raise(PyExc_TypeError, std::string(name) + " must be a bool, not " + tn);
+}
+
+// (start, length) of a user-space range as the Tracker's int64 arguments.
+// No Linux architecture maps user memory at or above 2**63.
+std::pair<std::int64_t, std::int64_t> range_args(const py::handle &start, const py::handle &length) {
+    const std::uint64_t s = u64_arg(start, "start");
+    const std::uint64_t n = u64_arg(length, "length");
+    constexpr std::uint64_t top = std::uint64_t{1} << 63;
+    if (s >= top || n > top - s) {
+        char buf[96];
+        std::snprintf(buf, sizeof buf, "range %#llx+%#llx is beyond the user address space",
+                      static_cast<unsigned long long>(s), static_cast<unsigned long long>(n));
+        raise(PyExc_ValueError, buf);
+    }
+    return {static_cast<std::int64_t>(s), static_cast<std::int64_t>(n)};
+}
 
 // A writable, C-contiguous buffer of 8-byte integers, exported for the
 // duration of one call.  Must be created and destroyed with the GIL held
@@ -34,10 +123,26 @@ public:
         }
         if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_STRIDES) !=
             0) {
+            // Read-only, or not exportable with a format at all (numpy
+            // datetime64): say which.
             PyErr_Clear();
-            throw py::type_error(std::string(argname) + " must be a writable buffer (got a "
-                                                         "read-only " +
-                                 std::string(Py_TYPE(obj.ptr())->tp_name) + ")");
+            Py_buffer ro{};
+            if (PyObject_GetBuffer(obj.ptr(), &ro, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
+                PyBuffer_Release(&ro);
+                throw py::type_error(std::string(argname) + " must be a writable buffer (got a "
+                                                             "read-only " +
+                                     std::string(Py_TYPE(obj.ptr())->tp_name) + ")");
+            }
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            std::string why = value ? std::string(py::str(value)) : "no buffer export";
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            throw py::type_error(std::string(argname) +
+                                 " must be a buffer of 8-byte integers; this " +
+                                 std::string(Py_TYPE(obj.ptr())->tp_name) +
+                                 " cannot export one: " + why);
         }
         held_ = true;
         if (view_.itemsize != 8 || !format_ok(view_.format)) {
@@ -81,13 +186,14 @@ private:
     bool held_ = false;
 };
 
+// (ok, code, errno): memwatch/_probes.py turns the code into words.
 py::tuple probe(memwatch::Probe (*fn)()) {
     memwatch::Probe p;
     {
         py::gil_scoped_release nogil;
         p = fn();
     }
-    return py::make_tuple(p.ok, p.reason);
+    return py::make_tuple(p.ok, std::string(p.code ? p.code : ""), p.err);
 }
 
 // One Python class per mechanism: distinct C++ types for pybind11.
@@ -108,9 +214,10 @@ py::class_<T> bind_tracker(py::module_ &m, const char *name, const memwatch::Cap
     const memwatch::Caps *cp = &caps;  // static storage
     cls.def(
            "attach",
-           [](T &t, std::int64_t start, std::int64_t length) {
+           [](T &t, const py::handle &start, const py::handle &length) {
+               const auto r = range_args(start, length);
                py::gil_scoped_release nogil;
-               t.attach(start, length);
+               t.attach(r.first, r.second);
            },
            py::arg("start"), py::arg("length"),
            "Begin tracking [start, start+length) (start page aligned, length rounded up to "
@@ -124,20 +231,24 @@ py::class_<T> bind_tracker(py::module_ &m, const char *name, const memwatch::Cap
             "Stop tracking and undo every registration/protection. Idempotent.")
         .def(
             "scan",
-            [](T &t, std::int64_t start, std::int64_t length, const py::object &out, bool reset) {
+            [](T &t, const py::handle &start, const py::handle &length, const py::handle &out,
+               const py::handle &reset) {
+                const auto r = range_args(start, length);
+                const bool rs = bool_arg(reset, "reset");
                 U64Buffer buf(out, "out");
                 py::gil_scoped_release nogil;
-                return t.scan(start, length, buf.data(), buf.size(), reset);
+                return t.scan(r.first, r.second, buf.data(), buf.size(), rs);
             },
-            py::arg("start"), py::arg("length"), py::arg("out"), py::arg("reset") = false,
+            py::arg("start"), py::arg("length"), py::arg("out"), py::arg("reset") = py::bool_(false),
             "Write byte offsets (from start) of pages written in [start, start+length) into "
             "out, ascending; stop when out is full; return the count. With reset, the "
             "reported pages (and the clean pages before the stop point) are reset.")
         .def(
             "reset",
-            [](T &t, std::int64_t start, std::int64_t length) {
+            [](T &t, const py::handle &start, const py::handle &length) {
+                const auto r = range_args(start, length);
                 py::gil_scoped_release nogil;
-                t.reset(start, length);
+                t.reset(r.first, r.second);
             },
             py::arg("start"), py::arg("length"), "Reset the written state of the range.")
         .def_property_readonly("name", [cp](const T &) { return std::string(cp->name); })
@@ -161,8 +272,15 @@ void translate_system_error(std::exception_ptr p) {
         }
     } catch (const std::system_error &e) {
         const int err = e.code().value();
+        // what() is "<operation>: <strerror>"; say the strerror once:
+        // "[Errno 16] Device or resource busy (UFFDIO_REGISTER)".
+        std::string op = e.what();
+        const std::string tail = ": " + e.code().message();
+        if (op.size() >= tail.size() && op.compare(op.size() - tail.size(), tail.size(), tail) == 0) {
+            op.resize(op.size() - tail.size());
+        }
         // OSError(errno, strerror) picks the subclass (ProcessLookupError...).
-        const std::string msg = std::string(std::strerror(err)) + " (" + e.what() + ")";
+        const std::string msg = std::string(std::strerror(err)) + " (" + op + ")";
         PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, msg.c_str());
         if (exc) {
             PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(exc)), exc);
@@ -174,7 +292,7 @@ void translate_system_error(std::exception_ptr p) {
 }  // namespace
 
 PYBIND11_MODULE(_memwatch, m) {
-    m.doc() = "memwatch C++ extension: page write-tracking mechanisms (see SPEC.md).";
+    m.doc() = "memwatch C++ extension: the page write-tracking mechanisms behind memwatch.Watch.";
     py::register_exception_translator(&translate_system_error);
 
     m.attr("PIDFD_SELF") = MEMWATCH_PIDFD_SELF;
@@ -184,55 +302,19 @@ PYBIND11_MODULE(_memwatch, m) {
     m.attr("MEMWATCH_SD_CLEAR") = MEMWATCH_SD_CLEAR;
     m.attr("MEMWATCH_SD_NO_REUSED_REGIONS") = MEMWATCH_SD_NO_REUSED_REGIONS;
 
-    // The uapi values this build uses, for tests/test_backends.py to compare
-    // with the kernel tree's headers.
-    {
-        namespace u = memwatch::uapi;
-        py::module_ k = m.def_submodule("_uapi", "uapi constants compiled into the extension");
-        k.attr("PAGEMAP_SCAN") = u::PAGEMAP_SCAN;
-        k.attr("PAGE_IS_WPALLOWED") = u::PAGE_IS_WPALLOWED;
-        k.attr("PAGE_IS_WRITTEN") = u::PAGE_IS_WRITTEN;
-        k.attr("PAGE_IS_FILE") = u::PAGE_IS_FILE;
-        k.attr("PAGE_IS_PRESENT") = u::PAGE_IS_PRESENT;
-        k.attr("PAGE_IS_SWAPPED") = u::PAGE_IS_SWAPPED;
-        k.attr("PAGE_IS_PFNZERO") = u::PAGE_IS_PFNZERO;
-        k.attr("PAGE_IS_HUGE") = u::PAGE_IS_HUGE;
-        k.attr("PAGE_IS_SOFT_DIRTY") = u::PAGE_IS_SOFT_DIRTY;
-        k.attr("PM_SCAN_WP_MATCHING") = u::PM_SCAN_WP_MATCHING;
-        k.attr("PM_SCAN_CHECK_WPASYNC") = u::PM_SCAN_CHECK_WPASYNC;
-        k.attr("UFFD_API") = u::UFFD_API;
-        k.attr("UFFD_USER_MODE_ONLY") = u::UFFD_USER_MODE_ONLY;
-        k.attr("UFFD_FEATURE_PAGEFAULT_FLAG_WP") = u::UFFD_FEATURE_PAGEFAULT_FLAG_WP;
-        k.attr("UFFD_FEATURE_WP_HUGETLBFS_SHMEM") = u::UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-        k.attr("UFFD_FEATURE_WP_UNPOPULATED") = u::UFFD_FEATURE_WP_UNPOPULATED;
-        k.attr("UFFD_FEATURE_WP_ASYNC") = u::UFFD_FEATURE_WP_ASYNC;
-        k.attr("UFFD_EVENT_PAGEFAULT") = u::UFFD_EVENT_PAGEFAULT;
-        k.attr("UFFD_PAGEFAULT_FLAG_WRITE") = u::UFFD_PAGEFAULT_FLAG_WRITE;
-        k.attr("UFFD_PAGEFAULT_FLAG_WP") = u::UFFD_PAGEFAULT_FLAG_WP;
-        k.attr("UFFDIO_REGISTER_MODE_MISSING") = u::UFFDIO_REGISTER_MODE_MISSING;
-        k.attr("UFFDIO_REGISTER_MODE_WP") = u::UFFDIO_REGISTER_MODE_WP;
-        k.attr("UFFDIO_WRITEPROTECT_MODE_WP") = u::UFFDIO_WRITEPROTECT_MODE_WP;
-        k.attr("UFFDIO_WRITEPROTECT_MODE_DONTWAKE") = u::UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
-        k.attr("UFFDIO_API") = u::UFFDIO_API_IOCTL;
-        k.attr("UFFDIO_REGISTER") = u::UFFDIO_REGISTER;
-        k.attr("UFFDIO_UNREGISTER") = u::UFFDIO_UNREGISTER;
-        k.attr("UFFDIO_WAKE") = u::UFFDIO_WAKE;
-        k.attr("UFFDIO_WRITEPROTECT") = u::UFFDIO_WRITEPROTECT;
-        py::dict sizes;
-        sizes["page_region"] = sizeof(u::page_region);
-        sizes["pm_scan_arg"] = sizeof(u::pm_scan_arg);
-        sizes["uffdio_api"] = sizeof(u::uffdio_api);
-        sizes["uffdio_range"] = sizeof(u::uffdio_range);
-        sizes["uffdio_register"] = sizeof(u::uffdio_register);
-        sizes["uffdio_writeprotect"] = sizeof(u::uffdio_writeprotect);
-        sizes["uffd_msg"] = sizeof(u::uffd_msg);
-        k.attr("SIZEOF") = sizes;
-    }
-
     m.def(
         "process_memwatch",
-        [](int pidfd, std::uint64_t start, std::uint64_t length, unsigned flags,
-           const py::object &vec) -> long {
+        [](const py::handle &pidfd_obj, const py::handle &start_obj, const py::handle &length_obj,
+           const py::handle &flags_obj, const py::handle &vec) -> long {
+            const int pidfd = int_arg(pidfd_obj, "pidfd");
+            const std::uint64_t start = u64_arg(start_obj, "start");
+            const std::uint64_t length = u64_arg(length_obj, "length");
+            const std::uint64_t flags64 = u64_arg(flags_obj, "flags");
+            if (flags64 > 0xffffffffu) {
+                raise(PyExc_OverflowError, "flags does not fit in 32 bits: " +
+                                               std::to_string(flags64));
+            }
+            const auto flags = static_cast<unsigned>(flags64);
             std::unique_ptr<U64Buffer> buf;
             if (!vec.is_none()) {
                 buf = std::make_unique<U64Buffer>(vec, "vec");

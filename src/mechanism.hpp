@@ -1,4 +1,4 @@
-// The one seam of the extension (SPEC.md, "C++ extension contract"): every
+// The one seam of the extension: every
 // write-tracking mechanism is a Mechanism.  The binding layer never talks to
 // a kernel interface directly; it validates Python arguments, releases the
 // GIL and calls through a Tracker (tracker.hpp), which adds locking and the
@@ -35,10 +35,13 @@ struct Caps {
     bool false_positives;     // may report pages that were not written
 };
 
-// Result of an availability probe: ok, or a reason a user can act on.
+// Result of an availability probe: ok, or a short stable code naming what is
+// missing plus the errno behind it (0 if none).  The words a user reads are
+// written in Python (memwatch/_probes.py), keyed by (mechanism, code).
 struct Probe {
-    bool ok;
-    std::string reason;
+    bool ok = true;
+    const char *code = "";
+    int err = 0;
 };
 
 // Factories (each .cpp defines its own) and their capabilities.

@@ -325,12 +325,12 @@ Probe mprotect_probe() {
         Mapping m(page_size());
         if (::mprotect(m.data(), m.size(), PROT_READ) != 0 ||
             ::mprotect(m.data(), m.size(), PROT_READ | PROT_WRITE) != 0) {
-            return {false, std::string("mprotect() failed: ") + std::strerror(errno)};
+            return {false, "failed", errno};
         }
     } catch (const std::system_error &e) {
-        return {false, std::string("mprotect probe failed: ") + e.what()};
+        return {false, "failed", e.code().value()};
     }
-    return {true, ""};
+    return {};
 }
 
 }  // namespace memwatch

@@ -143,23 +143,20 @@ Probe pagemap_scan_probe() {
     {
         Fd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
         if (!pm) {
-            return {false, std::string("cannot open /proc/self/pagemap (is /proc mounted? "
-                                       "CONFIG_PROC_PAGE_MONITOR?): ") +
-                               std::strerror(errno)};
+            return {false, "no_pagemap", errno};
         }
     }
     int err = 0;
     bool umo = false;
     const std::uint64_t offered = uffd_offered_features(err, umo);
     if (err) {
-        return {false, uffd_open_reason(err)};
+        return {false, "uffd_open", err};
     }
     if (!(offered & uapi::UFFD_FEATURE_WP_ASYNC)) {
-        return {false, "userfaultfd lacks UFFD_FEATURE_WP_ASYNC (needs Linux 6.7+ built with "
-                       "CONFIG_PTE_MARKER_UFFD_WP)"};
+        return {false, "no_wp_async", 0};
     }
     if (!(offered & uapi::UFFD_FEATURE_WP_UNPOPULATED)) {
-        return {false, "userfaultfd lacks UFFD_FEATURE_WP_UNPOPULATED (needs Linux 6.4+)"};
+        return {false, "no_wp_unpopulated", 0};
     }
     // End to end on a scratch page: protect, write, expect exactly it.
     try {
@@ -172,17 +169,13 @@ Probe pagemap_scan_probe() {
         const std::size_t n = mech->scan(start, m.size(), out, 2, true);
         mech->detach();
         if (n != 1 || out[0] != page_size()) {
-            return {false, "PAGEMAP_SCAN did not report a page written after write-protection "
-                           "(kernel bug or unexpected configuration)"};
+            return {false, "scan_mismatch", 0};
         }
     } catch (const std::system_error &e) {
-        if (e.code().value() == ENOTTY || e.code().value() == EINVAL) {
-            return {false, std::string("the PAGEMAP_SCAN ioctl is missing (needs Linux 6.7+): ") +
-                               e.what()};
-        }
-        return {false, std::string("pagemap_scan probe failed: ") + e.what()};
+        const int err = e.code().value();
+        return {false, err == ENOTTY || err == EINVAL ? "no_pagemap_scan" : "failed", err};
     }
-    return {true, ""};
+    return {};
 }
 
 }  // namespace memwatch

@@ -146,9 +146,7 @@ std::unique_ptr<Mechanism> make_softdirty(int pid) { return std::make_unique<Sof
 
 Probe softdirty_probe() {
     if (::access("/proc/self/clear_refs", W_OK) != 0) {
-        return {false, std::string("/proc/self/clear_refs is not writable (needs "
-                                   "CONFIG_PROC_PAGE_MONITOR): ") +
-                           std::strerror(errno)};
+        return {false, "no_clear_refs", errno};
     }
     try {
         // Never trust clear_refs accepting "4": a kernel without
@@ -160,14 +158,12 @@ Probe softdirty_probe() {
         std::uint64_t e = 0;
         read_entries(pm.get(), reinterpret_cast<std::uintptr_t>(m.data()) / page_size(), 1, &e);
         if (!(e & kSoftDirty)) {
-            return {false, "the kernel does not track soft-dirty bits (built without "
-                           "CONFIG_MEM_SOFT_DIRTY; stock x86_64 distribution kernels usually have "
-                           "it, this one does not): use the QEMU guest kernel built from linux/"};
+            return {false, "no_soft_dirty", 0};
         }
     } catch (const std::system_error &e) {
-        return {false, std::string("soft-dirty probe failed: ") + e.what()};
+        return {false, "failed", e.code().value()};
     }
-    return {true, ""};
+    return {};
 }
 
 }  // namespace memwatch

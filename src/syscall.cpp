@@ -75,19 +75,17 @@ Probe syscall_probe() {
             const int err = errno;
             switch (err) {
             case ENOSYS:
-                return {false, "process_memwatch is not in this kernel (stock kernels lack it: "
-                               "boot the kernel built from linux/)"};
+                return {false, "enosys", err};
             case EOPNOTSUPP:
-                return {false, "process_memwatch: kernel built without CONFIG_MEM_SOFT_DIRTY"};
+                return {false, "no_soft_dirty", err};
             default:
-                return {false, std::string("process_memwatch probe failed: ") +
-                                   std::strerror(err)};
+                return {false, "failed", err};
             }
         }
     } catch (const std::system_error &e) {
-        return {false, std::string("process_memwatch probe failed: ") + e.what()};
+        return {false, "failed", e.code().value()};
     }
-    return {true, ""};
+    return {};
 }
 
 }  // namespace memwatch

@@ -199,17 +199,15 @@ Probe uffd_probe() {
     bool umo = false;
     const std::uint64_t offered = uffd_offered_features(err, umo);
     if (err) {
-        return {false, uffd_open_reason(err)};
+        return {false, "uffd_open", err};
     }
     if (!(offered & uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP)) {
-        return {false, "userfaultfd lacks write-protect support (UFFD_FEATURE_PAGEFAULT_FLAG_WP, "
-                       "Linux 5.7+ with CONFIG_HAVE_ARCH_USERFAULTFD_WP)"};
+        return {false, "no_wp", 0};
     }
     if (!(offered & uapi::UFFD_FEATURE_WP_UNPOPULATED)) {
-        return {false, "userfaultfd lacks UFFD_FEATURE_WP_UNPOPULATED (needs Linux 6.4+): "
-                       "first writes to untouched pages would be missed"};
+        return {false, "no_wp_unpopulated", 0};
     }
-    return {true, ""};
+    return {};
 }
 
 }  // namespace memwatch
