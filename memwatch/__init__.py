@@ -38,6 +38,8 @@ from ._syscall import PIDFD_SELF, process_memwatch
 from ._watch import PAGE_SIZE, Watch
 from ._winapi import WatchedMapping, alloc, get_write_watch, reset_write_watch
 
+__version__ = "0.1.0"
+
 __all__ = [
     "PAGE_SIZE",
     "PIDFD_SELF",

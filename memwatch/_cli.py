@@ -9,15 +9,18 @@
     to a page.
 
 Exit status: 0 on success, 1 when the watch cannot be set up or the target
-goes away, 2 for a usage error, 130 on Ctrl-C.
+goes away, 2 for a usage error (argparse checks every value: a pid, an
+address below 2**64, a positive length, a finite interval up to a day), 130
+on Ctrl-C.  No input prints a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from . import _backends
@@ -52,6 +55,12 @@ def print_backends(file: TextIO) -> int:
     return 0
 
 
+# Linux's PID_MAX_LIMIT: no pid is larger on any configuration.
+_PID_MAX = 1 << 22
+# Longer than anyone polls, short enough for time.sleep() on every platform.
+_INTERVAL_MAX = 86400.0
+
+
 def _int(text: str) -> int:
     try:
         return int(text, 0)
@@ -59,14 +68,39 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-def _positive_float(text: str) -> float:
+def _ranged_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_pid = _ranged_int(1, _PID_MAX, f"must be a process id (1..{_PID_MAX})")
+_address = _ranged_int(0, (1 << 64) - 1, "must be an address (0..2**64-1)")
+_length = _ranged_int(1, 1 << 64, "must be a positive number of bytes (at most 2**64)")
+_count = _ranged_int(0, 1 << 63, "must be a count (0 or more)")
+
+
+def _interval(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    if not (math.isfinite(value) and 0 < value <= _INTERVAL_MAX):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {_INTERVAL_MAX:g}, "
+            f"got {text!r}"
+        )
     return value
+
+
+# Only these can watch another process; the others are refused by argparse.
+_REMOTE = tuple(
+    n for n in _backends.NAMES if getattr(_backends.tracker_class(n), "remote", False)
+)
 
 
 def watch_process(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -82,7 +116,7 @@ def watch_process(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except PermissionError as e:
         print(f"memwatch: not allowed to watch process {pid}: {e}", file=err)
         return 1
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OverflowError, OSError) as e:
         print(f"memwatch: cannot watch {args.address:#x}+{args.length:#x} "
               f"in process {pid}: {e}", file=err)
         return 1
@@ -101,7 +135,7 @@ def watch_process(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except ProcessLookupError:
             print(f"memwatch: process {pid} has exited", file=err)
             return 1
-        except OSError as e:
+        except (OSError, ValueError) as e:
             print(f"memwatch: watching process {pid} failed: {e}", file=err)
             return 1
     return 0
@@ -122,17 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
         "page-aligned ADDR.  Needs a backend that can watch another process "
         "(syscall or softdirty).",
     )
-    w.add_argument("--pid", type=_int, required=True, help="process to watch")
-    w.add_argument("--address", type=_int, required=True, metavar="ADDR",
+    w.add_argument("--pid", type=_pid, required=True, help="process to watch")
+    w.add_argument("--address", type=_address, required=True, metavar="ADDR",
                    help="start address in that process (0x... accepted)")
-    w.add_argument("--length", type=_int, required=True, metavar="LEN", help="bytes to watch")
-    w.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
-                   help="seconds between polls (default 1)")
-    w.add_argument("--count", type=_int, default=None, metavar="N",
+    w.add_argument("--length", type=_length, required=True, metavar="LEN",
+                   help="bytes to watch")
+    w.add_argument("--interval", type=_interval, default=1.0, metavar="S",
+                   help=f"seconds between polls, above 0 and at most {_INTERVAL_MAX:g} "
+                   "(default 1)")
+    w.add_argument("--count", type=_count, default=None, metavar="N",
                    help="stop after N polls (default: until Ctrl-C)")
-    w.add_argument("--backend", default="auto",
-                   choices=("auto", *_backends.NAMES), metavar="NAME",
-                   help="auto (default) or one of: " + ", ".join(_backends.NAMES))
+    w.add_argument("--backend", default="auto", choices=("auto", *_REMOTE), metavar="NAME",
+                   help="auto (default) or one of the backends that can watch another "
+                   "process: " + ", ".join(_REMOTE))
     return parser
 
 
@@ -141,9 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "backends":
             return print_backends(sys.stdout)
-        if args.count is not None and args.count < 0:
-            print("memwatch: --count must not be negative", file=sys.stderr)
-            return 2
         return watch_process(args, sys.stdout, sys.stderr)
     except KeyboardInterrupt:
         return 130

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Flags", "PidFd", "UnsupportedError"]
 
+_INT_MAX = (1 << 31) - 1
+
+# The errnos with which a kernel interface says "part of this range is not
+# mapped" (UFFDIO_REGISTER/WRITEPROTECT: EINVAL/ENOENT, mprotect: ENOMEM,
+# PAGEMAP_SCAN: EFAULT/EINVAL).
+_UNMAPPED_ERRNOS = frozenset({errno.EINVAL, errno.ENOMEM, errno.ENOENT, errno.EFAULT})
+
 
 class Flags(enum.IntFlag):
     """The ``flags`` argument of :func:`memwatch.process_memwatch`.
@@ -84,6 +91,81 @@ UnsupportedError.__module__ = "memwatch"
 Flags.__module__ = "memwatch"
 
 
+class _Vma:
+    __slots__ = ("end", "path", "perms", "start")
+
+    def __init__(self, start: int, end: int, perms: str, path: str) -> None:
+        self.start, self.end, self.perms, self.path = start, end, perms, path
+
+
+def _vmas(pid: int | None) -> list[_Vma] | None:
+    """The mappings of *pid* (``None``: this process), ascending, from
+    ``/proc/PID/maps``; ``None`` when they cannot be read."""
+    path = "/proc/self/maps" if pid is None else f"/proc/{pid}/maps"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    vmas = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        lo, _, hi = fields[0].partition("-")
+        vmas.append(_Vma(int(lo, 16), int(hi, 16), fields[1],
+                         fields[5] if len(fields) > 5 else ""))
+    return vmas
+
+
+def unmapped_part(pid: int | None, start: int, length: int) -> tuple[int, int] | None:
+    """The first hole ``(begin, end)`` of ``[start, start+length)`` in the
+    mappings of *pid* (``None``: this process), or ``None`` when the range is
+    entirely mapped -- or when the mappings cannot be read, since this only
+    refines an error message and must never invent one."""
+    vmas = _vmas(pid)
+    if vmas is None:
+        return None
+    end = start + length
+    pos = start
+    for v in vmas:
+        if v.end <= pos:
+            continue
+        if v.start > pos:
+            return pos, min(v.start, end)
+        pos = v.end
+        if pos >= end:
+            return None
+    return (pos, end) if pos < end else None
+
+
+def range_error(
+    start: int, length: int, pid: int | None, hole: tuple[int, int]
+) -> ValueError:
+    """ValueError naming the range and its first unmapped part."""
+    where = "this process" if pid is None else f"process {pid}"
+    return ValueError(
+        f"range {start:#x}+{length:#x} is not (entirely) mapped in {where}: "
+        f"{hole[0]:#x}..{hole[1]:#x} is not mapped"
+    )
+
+
+# Shared memory (shmem/tmpfs), which userfaultfd write-protect does support.
+_SHMEM_PATHS = ("/dev/zero", "/dev/shm/", "/memfd:", "/SYSV", "/anon_hugepage")
+
+
+def shared_file_part(pid: int | None, start: int, length: int) -> str | None:
+    """The path of a file-backed shared mapping overlapping the range, if any
+    (what the synchronous userfaultfd write-protect cannot register)."""
+    vmas = _vmas(pid)
+    if vmas is None:
+        return None
+    end = start + length
+    for v in vmas:
+        if (v.start < end and v.end > start and "s" in v.perms and v.path.startswith("/")
+                and not v.path.startswith(_SHMEM_PATHS)):
+            return v.path
+    return None
+
+
 def _pid_of_pidfd(fd: int) -> int:
     """The pid a pidfd refers to, from ``/proc/self/fdinfo`` (Linux 5.10+).
 
@@ -125,7 +207,7 @@ class PidFd:
     def __init__(self, fd: int, *, _owned: bool = False) -> None:
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise TypeError(f"a pidfd is an int file descriptor, not {fd!r}")
-        if fd < 0:
+        if not 0 <= fd <= _INT_MAX:
             raise ValueError(f"invalid file descriptor {fd}")
         self._fd = fd
         self._owned = _owned

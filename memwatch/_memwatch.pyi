@@ -1,4 +1,11 @@
-"""Type stub for the memwatch._memwatch C++ extension (src/_memwatch.cpp)."""
+"""Type stub for the memwatch._memwatch C++ extension (src/_memwatch.cpp).
+
+Every tracker class is its own runtime class with no common base: each is
+spelled out here, as it is at runtime (checked by mypy.stubtest in
+tests/test_api.py::test_stub_matches_runtime when mypy is installed).
+Integer and bool arguments are converted by the binding itself; the types
+below are what it accepts without raising.
+"""
 
 import sys
 from typing import ClassVar
@@ -8,7 +15,6 @@ if sys.version_info >= (3, 12):
 else:
     from typing_extensions import Buffer
 
-
 PIDFD_SELF: int
 NR_PROCESS_MEMWATCH: int
 PAGE_SIZE: int
@@ -16,52 +22,19 @@ MEMWATCH_SD_GET: int
 MEMWATCH_SD_CLEAR: int
 MEMWATCH_SD_NO_REUSED_REGIONS: int
 
-class _UapiModule:
-    # memwatch._memwatch._uapi: the uapi values compiled in (for the header test).
-    PAGEMAP_SCAN: int
-    PAGE_IS_WPALLOWED: int
-    PAGE_IS_WRITTEN: int
-    PAGE_IS_FILE: int
-    PAGE_IS_PRESENT: int
-    PAGE_IS_SWAPPED: int
-    PAGE_IS_PFNZERO: int
-    PAGE_IS_HUGE: int
-    PAGE_IS_SOFT_DIRTY: int
-    PM_SCAN_WP_MATCHING: int
-    PM_SCAN_CHECK_WPASYNC: int
-    UFFD_API: int
-    UFFD_USER_MODE_ONLY: int
-    UFFD_FEATURE_PAGEFAULT_FLAG_WP: int
-    UFFD_FEATURE_WP_HUGETLBFS_SHMEM: int
-    UFFD_FEATURE_WP_UNPOPULATED: int
-    UFFD_FEATURE_WP_ASYNC: int
-    UFFD_EVENT_PAGEFAULT: int
-    UFFD_PAGEFAULT_FLAG_WRITE: int
-    UFFD_PAGEFAULT_FLAG_WP: int
-    UFFDIO_REGISTER_MODE_MISSING: int
-    UFFDIO_REGISTER_MODE_WP: int
-    UFFDIO_WRITEPROTECT_MODE_WP: int
-    UFFDIO_WRITEPROTECT_MODE_DONTWAKE: int
-    UFFDIO_API: int
-    UFFDIO_REGISTER: int
-    UFFDIO_UNREGISTER: int
-    UFFDIO_WAKE: int
-    UFFDIO_WRITEPROTECT: int
-    SIZEOF: dict[str, int]
-
-_uapi: _UapiModule
-
 def process_memwatch(
     pidfd: int, start: int, length: int, flags: int, vec: Buffer | None
 ) -> int: ...
-def syscall_available() -> tuple[bool, str]: ...
-def pagemap_scan_available() -> tuple[bool, str]: ...
-def softdirty_available() -> tuple[bool, str]: ...
-def uffd_available() -> tuple[bool, str]: ...
-def mprotect_available() -> tuple[bool, str]: ...
 
-class _Tracker:
-    # Not a runtime base class: the common shape of the five tracker classes.
+# (ok, code, errno): memwatch._probes turns code and errno into words.
+def syscall_available() -> tuple[bool, str, int]: ...
+def pagemap_scan_available() -> tuple[bool, str, int]: ...
+def softdirty_available() -> tuple[bool, str, int]: ...
+def uffd_available() -> tuple[bool, str, int]: ...
+def mprotect_available() -> tuple[bool, str, int]: ...
+
+class SyscallTracker:
+    def __init__(self, pidfd: int, no_reused_regions: bool = False) -> None: ...
     remote: ClassVar[bool]
     partial_reset: ClassVar[bool]
     atomic: ClassVar[bool]
@@ -82,17 +55,90 @@ class _Tracker:
     @property
     def length(self) -> int: ...
 
-class SyscallTracker(_Tracker):
-    def __init__(self, pidfd: int, no_reused_regions: bool = False) -> None: ...
-
-class PagemapScanTracker(_Tracker):
+class PagemapScanTracker:
     def __init__(self) -> None: ...
+    remote: ClassVar[bool]
+    partial_reset: ClassVar[bool]
+    atomic: ClassVar[bool]
+    sees_kernel_writes: ClassVar[bool]
+    false_positives: ClassVar[bool]
+    def attach(self, start: int, length: int) -> None: ...
+    def detach(self) -> None: ...
+    def scan(self, start: int, length: int, out: Buffer, reset: bool = False) -> int: ...
+    def reset(self, start: int, length: int) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def attached(self) -> bool: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def length(self) -> int: ...
 
-class SoftDirtyTracker(_Tracker):
+class SoftDirtyTracker:
     def __init__(self, pid: int) -> None: ...
+    remote: ClassVar[bool]
+    partial_reset: ClassVar[bool]
+    atomic: ClassVar[bool]
+    sees_kernel_writes: ClassVar[bool]
+    false_positives: ClassVar[bool]
+    def attach(self, start: int, length: int) -> None: ...
+    def detach(self) -> None: ...
+    def scan(self, start: int, length: int, out: Buffer, reset: bool = False) -> int: ...
+    def reset(self, start: int, length: int) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def attached(self) -> bool: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def length(self) -> int: ...
 
-class UffdTracker(_Tracker):
+class UffdTracker:
     def __init__(self) -> None: ...
+    remote: ClassVar[bool]
+    partial_reset: ClassVar[bool]
+    atomic: ClassVar[bool]
+    sees_kernel_writes: ClassVar[bool]
+    false_positives: ClassVar[bool]
+    def attach(self, start: int, length: int) -> None: ...
+    def detach(self) -> None: ...
+    def scan(self, start: int, length: int, out: Buffer, reset: bool = False) -> int: ...
+    def reset(self, start: int, length: int) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def attached(self) -> bool: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def length(self) -> int: ...
 
-class MprotectTracker(_Tracker):
+class MprotectTracker:
     def __init__(self) -> None: ...
+    remote: ClassVar[bool]
+    partial_reset: ClassVar[bool]
+    atomic: ClassVar[bool]
+    sees_kernel_writes: ClassVar[bool]
+    false_positives: ClassVar[bool]
+    def attach(self, start: int, length: int) -> None: ...
+    def detach(self) -> None: ...
+    def scan(self, start: int, length: int, out: Buffer, reset: bool = False) -> int: ...
+    def reset(self, start: int, length: int) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def attached(self) -> bool: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def length(self) -> int: ...

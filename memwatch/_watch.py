@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import numbers
 import operator
 import os
 import select
@@ -14,7 +15,7 @@ from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _backends, _memwatch
+from . import _backends, _common, _memwatch
 from ._common import PidFd, UnsupportedError, _pid_of_pidfd
 
 if TYPE_CHECKING:
@@ -321,7 +322,9 @@ class Watch:
         self, target: object, length: int | None, pid: object, backend: str
     ) -> None:
         page = PAGE_SIZE
-        if isinstance(target, int) and not isinstance(target, bool):
+        is_address = isinstance(target, numbers.Integral) and not isinstance(target, bool)
+        if is_address:
+            target = _int_arg("address", target)  # numpy integers are addresses too
             if length is None:
                 raise TypeError("an int address needs a length")
             length = _int_arg("length", length)
@@ -374,6 +377,15 @@ class Watch:
                 _softdirty_pids[target_pid] = 1
                 self._softdirty_pid = target_pid
 
+        if is_address and not chosen.remote:
+            # The backends that register or protect the range need all of it
+            # mapped (the page-table readers, syscall and softdirty, see a
+            # hole as clean).  Checked before anything is allocated or
+            # protected: a bitmap for a 1 TiB typo, a PROT_READ prefix.
+            hole = _common.unmapped_part(None, start, self._length)
+            if hole is not None:
+                raise _common.range_error(start, self._length, None, hole)
+
         cls = _backends.tracker_class(chosen.name)
         try:
             if chosen.name == "syscall":
@@ -407,10 +419,24 @@ class Watch:
 
     # -- internals ---------------------------------------------------------
 
-    def _translate(self, err: OSError) -> OSError:
+    def _translate(self, err: OSError) -> Exception:
         """The one place where a backend's OSError gets its meaning."""
         proc = self._proc
         if proc is None:
+            if err.errno in _common._UNMAPPED_ERRNOS:
+                hole = _common.unmapped_part(None, self._address, self._length)
+                if hole is not None:
+                    return _common.range_error(self._address, self._length, None, hole)
+                path = _common.shared_file_part(None, self._address, self._length)
+                if path is not None and self.backend == "uffd":
+                    return UnsupportedError(
+                        f"the uffd backend cannot watch {self._address:#x}+"
+                        f"{self._length:#x}: it includes a shared mapping of the file "
+                        f"{path}, which synchronous userfaultfd write-protect cannot "
+                        "register; use pagemap_scan or mprotect",
+                        requirement="watch a file-backed shared mapping",
+                        reasons={"uffd": "no file-backed shared mappings"},
+                    )
             return err
         if isinstance(err, ProcessLookupError) or proc.exited():
             return ProcessLookupError(errno.ESRCH, f"process {proc.pid} has exited")
@@ -568,10 +594,13 @@ class Watch:
         multiple of the page size) and *length* (rounded up to pages) narrow
         the query to part of the watched range.  Nothing is allocated.
         """
-        if start == 0 and length is None:
-            return self._scan(self._address, self._length, out, reset)
-        begin, nbytes = self._narrow(start, length)
-        n = self._scan(self._address + begin, nbytes, out, reset)
+        try:
+            if start == 0 and length is None:
+                return self._scan(self._address, self._length, out, reset)
+            begin, nbytes = self._narrow(start, length)
+            n = self._scan(self._address + begin, nbytes, out, reset)
+        except OSError as err:  # zero cost unless raised (3.11+)
+            raise self._translate(err) from err
         if begin and n:
             view = memoryview(out).cast("B").cast("Q")
             for i in range(n):
@@ -607,7 +636,10 @@ class Watch:
         result: array[int] | None = None
         address = self._address
         while True:
-            n = scan(address + base, nbytes, buf, reset) if nbytes else 0
+            try:
+                n = scan(address + base, nbytes, buf, reset) if nbytes else 0
+            except OSError as err:
+                raise self._translate(err) from err
             if base:
                 part = array("Q", [x + base for x in buf[:n]])
             else:

@@ -11,12 +11,15 @@ do not clear the state; writes made by the kernel are tracked (except with the
 from __future__ import annotations
 
 import mmap
+import sys
 from array import array
 
 from . import _backends
 from ._watch import Watch
 
 __all__ = ["WatchedMapping", "alloc", "get_write_watch", "reset_write_watch"]
+
+_SIZE_MAX = sys.maxsize  # what mmap() can be asked for
 
 
 class WatchedMapping(mmap.mmap):
@@ -75,6 +78,10 @@ def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
         raise TypeError(f"size must be an int, not {type(size).__name__}")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
+    if size > _SIZE_MAX:
+        raise OverflowError(
+            f"size {size:#x} is larger than the address space (2**63 bytes at most)"
+        )
     chosen = _backends.choose(backend, partial_reset=backend == "auto")
     page = mmap.PAGESIZE
     size = -(-size // page) * page

@@ -1,4 +1,4 @@
-"""The public API (issue 3, section 3), run against every available backend."""
+"""The public API, run against every available backend."""
 
 from __future__ import annotations
 
@@ -37,6 +37,48 @@ def test_flags_values() -> None:
     assert int(memwatch.Flags.SD_NO_REUSED_REGIONS) == 4
     both = memwatch.Flags.SD_GET | memwatch.Flags.SD_CLEAR
     assert isinstance(both, memwatch.Flags) and both == 3
+
+
+def test_flags_are_the_extension_constants() -> None:
+    from memwatch import _memwatch as mw
+
+    assert memwatch.Flags.SD_GET == mw.MEMWATCH_SD_GET
+    assert memwatch.Flags.SD_CLEAR == mw.MEMWATCH_SD_CLEAR
+    assert memwatch.Flags.SD_NO_REUSED_REGIONS == mw.MEMWATCH_SD_NO_REUSED_REGIONS
+
+
+def test_version_matches_metadata() -> None:
+    import re
+    from pathlib import Path
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", memwatch.__version__)
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.exists():
+        assert f'version = "{memwatch.__version__}"' in pyproject.read_text()
+
+
+def test_no_test_only_module_in_the_extension() -> None:
+    from memwatch import _memwatch as mw
+
+    assert not hasattr(mw, "_uapi")
+    assert [n for n in dir(mw) if n.startswith("_") and not n.startswith("__")] == []
+
+
+def test_stub_matches_runtime() -> None:
+    """memwatch/_memwatch.pyi against the built extension (mypy.stubtest)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("mypy.stubtest")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(memwatch.__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "memwatch._memwatch",
+         "--allowlist", str(root / "tests" / "stubtest-allowlist.txt")],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_pidfd_self_and_page_size() -> None:

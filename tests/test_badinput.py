@@ -169,8 +169,9 @@ def test_int_target_arguments() -> None:
 
 @pytest.mark.parametrize("backend", ANY)
 def test_unmapped_int_target(backend: str) -> None:
-    """A hole: the registering backends fail with the kernel's errno; the
-    page-table readers (syscall, softdirty) see nothing dirty there."""
+    """A hole: the registering backends refuse it with one ValueError naming
+    the range (not a raw UFFDIO_REGISTER/mprotect errno); the page-table
+    readers (syscall, softdirty) see nothing dirty there."""
     m = anon(4)
     addr = address_of(m)
     m.release()  # unmapped: now a hole (nothing else maps there this quickly)
@@ -178,12 +179,12 @@ def test_unmapped_int_target(backend: str) -> None:
         with memwatch.Watch(addr, 4 * PAGE, backend=backend) as w:
             assert list(w.dirty(reset=True)) == []
         return
-    with pytest.raises(OSError) as info:
-        w = memwatch.Watch(addr, 4 * PAGE, backend=backend)
-        # Some backends only notice at the first scan.
-        w.dirty()
-        w.close()
-    assert not isinstance(info.value, memwatch.UnsupportedError)
+    with pytest.raises(ValueError) as info:
+        memwatch.Watch(addr, 4 * PAGE, backend=backend)
+    assert str(info.value) == (
+        f"range {addr:#x}+{4 * PAGE:#x} is not (entirely) mapped in this process: "
+        f"{addr:#x}..{addr + 4 * PAGE:#x} is not mapped"
+    )
 
 
 def test_bad_backend_argument() -> None:
@@ -412,3 +413,248 @@ def test_process_object_that_has_exited() -> None:
         p.pid = child.pid  # as if the dead child's pid had been reused by `child`
         with pytest.raises(ProcessLookupError):
             memwatch.Watch(child.address, PAGE, pid=p)
+
+
+# -- the facade's own words, never pybind11's -------------------------------------------
+
+PYBIND11_TEXT = ("incompatible function arguments", "Invoked with", "_memwatch.")
+BAD_INTS = [2**63, 2**64 - PAGE, 0xFFFF800000000000, 2**64, 2**70, -1, 1.5, "4096",
+            None, object()]
+
+
+def _words(exc: BaseException) -> str:
+    text = str(exc)
+    for bad in PYBIND11_TEXT:
+        assert bad not in text, text
+    assert text, type(exc)
+    return text
+
+
+def _refused(call: Any) -> BaseException:
+    with pytest.raises((TypeError, ValueError, OverflowError)) as info:
+        call()
+    _words(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("backend", ANY)
+def test_watch_addresses_in_the_kernel_half(backend: str) -> None:
+    """Newcomer M2: Watch(2**63, 4096) gave pybind11's "incompatible function
+    arguments" dump with the tracker's repr."""
+    for address in (2**63, 2**64 - PAGE, 0xFFFF800000000000):
+        err = _refused(lambda a=address: memwatch.Watch(a, PAGE, backend=backend))
+        assert f"{address:#x}" in str(err)
+
+
+@pytest.mark.parametrize("value", BAD_INTS, ids=repr)
+def test_watch_bad_int_arguments(value: object) -> None:
+    _refused(lambda: memwatch.Watch(value, PAGE))
+    with anon(1) as m:
+        _refused(lambda: memwatch.Watch(address_of(m), value))
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, 1.0, object()], ids=repr)
+def test_reset_flag_must_be_a_bool(watch: memwatch.Watch, value: object) -> None:
+    """Newcomer M2: dirty_into(out, reset="yes") gave pybind11's dump; a
+    truthy non-bool must not be taken as a request to reset either."""
+    out = array("Q", bytes(8 * 8))
+    for call in (lambda: watch.dirty_into(out, reset=value),
+                 lambda: watch.dirty(reset=value),
+                 lambda: memwatch.get_write_watch(watch, reset=value)):
+        err = _refused(call)
+        assert isinstance(err, TypeError) and "reset must be a bool" in str(err)
+
+
+@pytest.mark.parametrize("value", BAD_INTS, ids=repr)
+def test_narrowing_bad_values(watch: memwatch.Watch, value: object) -> None:
+    out = array("Q", bytes(8 * 8))
+    _refused(lambda: watch.dirty_into(out, start=value))
+    _refused(lambda: watch.dirty(start=value))
+    _refused(lambda: watch.reset(value))
+    if value is not None:  # length=None means "to the end"
+        _refused(lambda: watch.dirty_into(out, length=value))
+        _refused(lambda: watch.dirty(length=value))
+        _refused(lambda: watch.reset(0, value))
+
+
+NOT_INTS = [-1, 2**64, 2**70, 1.5, "4096", None, object()]
+
+
+@pytest.mark.parametrize("value", NOT_INTS, ids=repr)
+def test_write_watch_layer_bad_values(value: object) -> None:
+    if value is not None:
+        _refused(lambda: memwatch.alloc(value))  # type: ignore[arg-type]
+    with memwatch.alloc(PAGE) as buf:
+        if value is not None and value != 2**64 and value != 2**70:  # huge caps are fine
+            _refused(lambda: memwatch.get_write_watch(buf, max_count=value))  # type: ignore[arg-type]
+
+
+def test_alloc_larger_than_the_address_space() -> None:
+    err = _refused(lambda: memwatch.alloc(2**70))
+    assert "address space" in str(err)
+
+
+@pytest.mark.parametrize("value", NOT_INTS, ids=repr)
+def test_process_memwatch_bad_values(value: object) -> None:
+    """The raw call leaves every representable value to the kernel (whose
+    errno comes back as OSError); what cannot cross the C boundary is
+    refused in words."""
+    out = array("Q", bytes(8))
+    _refused(lambda: memwatch.process_memwatch(memwatch.PIDFD_SELF, value, PAGE, 1, out))
+    _refused(lambda: memwatch.process_memwatch(memwatch.PIDFD_SELF, 0, value, 1, out))
+    _refused(lambda: memwatch.process_memwatch(memwatch.PIDFD_SELF, 0, PAGE, value, out))
+    if value != -1:
+        _refused(lambda: memwatch.process_memwatch(value, 0, PAGE, 1, out))
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, 2**70, 1.5, "3", None, True], ids=repr)
+def test_pidfd_bad_values(value: object) -> None:
+    _refused(lambda: memwatch.PidFd(value))  # type: ignore[arg-type]
+
+
+def test_raw_bindings_say_what_is_wrong() -> None:
+    """The private trackers too: every argument converted with a message."""
+    from memwatch import _memwatch as mw
+
+    t = mw.MprotectTracker()
+    with anon(2) as m:
+        addr = address_of(m)
+        assert "start must be an int, not str" in _words(_refused(lambda: t.attach("1", PAGE)))
+        assert "beyond the user address space" in _words(_refused(lambda: t.attach(2**63, PAGE)))
+        assert "does not fit in 64 bits" in _words(_refused(lambda: t.attach(2**64, PAGE)))
+        assert "must not be negative" in _words(_refused(lambda: t.attach(addr, -1)))
+        t.attach(addr, 2 * PAGE)
+        try:
+            out = array("Q", bytes(16))
+            assert "reset must be a bool" in _words(
+                _refused(lambda: t.scan(addr, PAGE, out, "yes")))
+        finally:
+            t.detach()
+
+
+# -- ranges that are not mapped --------------------------------------------------------------
+
+REGISTERING = [p for p in ANY if p.values[0] in ("pagemap_scan", "uffd", "mprotect")]
+
+
+@pytest.mark.parametrize("backend", REGISTERING)
+def test_address_zero_names_the_range(backend: str) -> None:
+    """Newcomer M3: Watch(0, 4096) gave "[Errno 22] Invalid argument
+    (UFFDIO_REGISTER: Invalid argument)" or "[Errno 12] ... (mprotect: ...)"."""
+    with pytest.raises(ValueError) as info:
+        memwatch.Watch(0, PAGE, backend=backend)
+    assert str(info.value) == (
+        "range 0x0+0x1000 is not (entirely) mapped in this process: "
+        "0x0..0x1000 is not mapped"
+    ).replace("0x1000", f"{PAGE:#x}")
+
+
+@pytest.mark.parametrize("backend", REGISTERING)
+def test_huge_length_fails_before_allocating(backend: str) -> None:
+    """Newcomer M4: Watch(addr, 1 << 46) allocated a 2 GiB bitmap (1-2 s)
+    before failing, and 1 << 50 raised MemoryError: std::bad_alloc."""
+    import resource
+    import time
+
+    with anon(4) as m:
+        addr = address_of(m)
+        for length in (1 << 46, 1 << 50):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            t0 = time.monotonic()
+            with pytest.raises(ValueError, match=r"is not \(entirely\) mapped"):
+                memwatch.Watch(addr, length, backend=backend)
+            assert time.monotonic() - t0 < 0.5
+            grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+            assert grown_kib < 64 * 1024, grown_kib
+
+
+@pytest.mark.parametrize("backend", REGISTERING)
+def test_partial_hole_leaves_memory_writable(backend: str) -> None:
+    """Review C2/newcomer C2 from the facade's side: a range with a hole is
+    refused before anything is protected, so the mapped prefix stays
+    writable (this would crash the test process with mprotect otherwise)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    m = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE)
+    addr = address_of(m)
+    assert libc.munmap(addr + 2 * PAGE, 2 * PAGE) == 0  # the tail is now a hole
+    with pytest.raises(ValueError) as info:
+        memwatch.Watch(addr, 4 * PAGE, backend=backend)
+    assert f"{addr:#x}+{4 * PAGE:#x}" in str(info.value)
+    assert f"{addr + 2 * PAGE:#x}..{addr + 4 * PAGE:#x} is not mapped" in str(info.value)
+    m[0] = 1
+    m[PAGE] = 2
+
+
+def test_range_unmapped_under_a_watch_names_it() -> None:
+    """A range unmapped under an int-address Watch: mprotect's reset fails
+    with ENOMEM; the error names the range and its hole instead."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    m = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE)
+    addr = address_of(m)
+    w = memwatch.Watch(addr, 4 * PAGE, backend="mprotect")
+    try:
+        assert libc.munmap(addr + PAGE, PAGE) == 0
+        with pytest.raises(ValueError) as info:
+            w.reset()
+        assert str(info.value) == (
+            f"range {addr:#x}+{4 * PAGE:#x} is not (entirely) mapped in this process: "
+            f"{addr + PAGE:#x}..{addr + 2 * PAGE:#x} is not mapped"
+        )
+    finally:
+        w.close()
+
+
+def test_uffd_file_mapping_says_why(tmp_path: Any) -> None:
+    """Newcomer M5: uffd on a file-backed shared mapping gave a bare
+    "[Errno 22] Invalid argument (UFFDIO_REGISTER ...)"."""
+    if not BACKENDS["uffd"].available:
+        pytest.skip(f"uffd unavailable here: {BACKENDS['uffd'].reason}")
+    path = tmp_path / "data"
+    path.write_bytes(bytes(4 * PAGE))
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4 * PAGE) as fm:
+        try:
+            w = memwatch.Watch(fm, backend="uffd")
+        except memwatch.UnsupportedError as err:
+            assert "file" in str(err) and str(path) in str(err)
+            assert "pagemap_scan" in str(err)
+        else:  # a filesystem whose shared mappings uffd can write-protect
+            w.close()
+
+
+def test_oserror_says_strerror_once() -> None:
+    """The binding printed "Device or resource busy (UFFDIO_REGISTER: Device
+    or resource busy)"."""
+    from memwatch import _memwatch as mw
+
+    t = mw.MprotectTracker()
+    with pytest.raises(OSError) as info:
+        t.attach(0, PAGE)
+    assert str(info.value).count(os.strerror(info.value.errno)) == 1, str(info.value)
+    assert str(info.value) == f"[Errno {errno.ENOMEM}] {os.strerror(errno.ENOMEM)} (mprotect)"
+
+
+def test_numpy_integer_address() -> None:
+    """Newcomer M7: Watch(np.uint64(addr), 4096) said "length is taken from
+    the buffer"; a numpy integer is an address like an int."""
+    np = pytest.importorskip("numpy")
+    with anon(2) as m:
+        addr = address_of(m)
+        with memwatch.Watch(np.uint64(addr), np.int64(2 * PAGE)) as w:
+            assert w.address == addr and w.length == 2 * PAGE
+
+
+def test_unexportable_out_is_not_called_read_only(watch: memwatch.Watch) -> None:
+    """Newcomer M7: a numpy datetime64 out buffer was "a read-only
+    numpy.ndarray"; it is writable, it just cannot export a buffer."""
+    np = pytest.importorskip("numpy")
+    out = np.zeros(8, dtype="M8[s]")
+    with pytest.raises(TypeError) as info:
+        watch.dirty_into(out)
+    assert "read-only" not in str(info.value)
+    assert "cannot export" in str(info.value) or "8-byte" in str(info.value)

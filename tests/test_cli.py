@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
-from support import BACKENDS, PAGE, Child
+from support import BACKENDS, PAGE, Child, address_of, anon
 
 import memwatch
 from memwatch import _cli
@@ -69,7 +70,75 @@ def test_watch_without_remote_backend() -> None:
     assert f"cannot watch process {child.pid}" in proc.stderr
     assert "another process" in proc.stderr
     assert "Traceback" not in proc.stderr
-    with Child(1) as child:
-        proc = run("watch", "--pid", str(child.pid), "--address", hex(child.address),
-                   "--length", str(PAGE), "--backend", "mprotect")
-    assert proc.returncode == 1 and "mprotect" in proc.stderr
+
+
+def test_local_backend_refused_by_argparse() -> None:
+    """A backend that cannot watch another process is a usage error naming
+    the ones that can (not "cannot watch another process here: cannot watch
+    another process")."""
+    proc = run("watch", "--pid", "1", "--address", "0x1000", "--length", "4096",
+               "--backend", "pagemap_scan")
+    assert proc.returncode == 2
+    assert "invalid choice: 'pagemap_scan'" in proc.stderr
+    assert "'syscall'" in proc.stderr and "'softdirty'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+BAD_VALUES = [
+    ("--interval", "inf"), ("--interval", "1e308"), ("--interval", "nan"),
+    ("--interval", "-1"), ("--interval", "0"), ("--interval", "x"),
+    ("--pid", "99999999999999999999"), ("--pid", "-3"), ("--pid", "0"),
+    ("--address", "-1"), ("--address", hex(1 << 64)), ("--address", "0x"),
+    ("--length", "0"), ("--length", "-5"), ("--length", str((1 << 64) + 1)),
+    ("--count", "-1"), ("--count", "1.5"),
+]
+
+
+@pytest.mark.parametrize("option,value", BAD_VALUES,
+                         ids=[f"{o}={v}" for o, v in BAD_VALUES])
+def test_bad_values_are_one_line_usage_errors(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = {"--pid": "1", "--address": "0x1000", "--length": "4096"}
+    args[option] = value
+    argv = ["watch"] + [x for kv in args.items() for x in kv]
+    with pytest.raises(SystemExit) as info:  # argparse's usage error: exit 2
+        _cli.main(argv)
+    assert info.value.code == 2
+    stderr = capsys.readouterr().err
+    last = stderr.strip().splitlines()[-1]
+    assert f"argument {option}:" in last, last
+    assert repr(value) in last, last
+
+
+def test_bad_value_in_a_subprocess_has_no_traceback() -> None:
+    proc = run("watch", "--pid", "1", "--address", "0x1000", "--length", "4096",
+               "--interval", "inf")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("got 'inf'")
+
+
+@pytest.mark.parametrize("interval", ["inf", "1e308"])
+def test_interval_inf_on_a_live_watch(interval: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Newcomer M6: with a Watch already open (our own pid is "this
+    process", so any backend works), --interval inf crashed with
+    OverflowError from time.sleep()."""
+    with anon(4) as m:
+        argv = ["watch", "--pid", str(os.getpid()), "--address", hex(address_of(m)),
+                "--length", str(4 * PAGE), "--interval", interval, "--count", "1"]
+        with pytest.raises(SystemExit) as info:
+            _cli.main(argv)
+    assert info.value.code == 2
+    assert "--interval" in capsys.readouterr().err
+
+
+def test_watch_own_process_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    with anon(4) as m:
+        addr = address_of(m)
+        argv = ["watch", "--pid", str(os.getpid()), "--address", hex(addr),
+                "--length", str(4 * PAGE), "--interval", "1e-6", "--count", "2"]
+        assert _cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"# pid {os.getpid()} address {addr:#x}")
+    assert len(out) == 3
