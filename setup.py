@@ -9,9 +9,8 @@ ext_modules = [
     Pybind11Extension(
         "memwatch._memwatch",
         sorted(glob("src/*.cpp")),
-        # "." so that src/uapi.hpp finds the canonical uapi header as
-        # linux/memwatch.h (also on the include path as <linux/memwatch.h>).
-        include_dirs=["."],
+        # src/uapi.hpp includes "../linux/memwatch.h" by relative path: no
+        # include_dirs, so the repository root never shadows a system header.
         cxx_std=17,
         extra_compile_args=["-Wall", "-Wextra"],
         depends=sorted(glob("src/*.hpp")) + ["linux/memwatch.h"],

@@ -9,19 +9,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pytest_ok() {
-	# pytest exits 5 when it collected no test; that is not a failure here.
+guest_pytest() {
+	# pytest exits 5 when it collected no test.  Only here is that
+	# legitimate: -m guest selects nothing in a tree whose tests carry no
+	# guest mark.  The host run below never gets this pass: a host suite that
+	# collects nothing is broken.
 	local rc=0
 	"$@" || rc=$?
 	if ((rc == 5)); then
-		echo "ci/test.sh: pytest collected no tests" >&2
+		echo "ci/test.sh: no test is marked guest; guest stage empty" >&2
 		return 0
 	fi
 	return "$rc"
 }
 
 echo "== host: python suite" >&2
-pytest_ok python3 -m pytest -q -rs
+python3 -m pytest -q -rs
 
 if [[ ${MEMWATCH_SKIP_GUEST:-0} == 1 ]]; then
 	echo "ci/test.sh: MEMWATCH_SKIP_GUEST=1, guest stages skipped" >&2
@@ -41,5 +44,5 @@ echo "== guest: kernel selftest" >&2
 bash ci/selftest.sh
 
 echo "== guest: python tests marked 'guest'" >&2
-pytest_ok bash ci/vm-run.sh -- env MEMWATCH_IN_GUEST=1 \
+guest_pytest bash ci/vm-run.sh -- env MEMWATCH_IN_GUEST=1 \
 	python3 -m pytest -q -rs -m guest -p no:cacheprovider
