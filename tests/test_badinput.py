@@ -1,4 +1,4 @@
-"""Bad input (issue 3, section 4): clear exceptions, never a crash."""
+"""Bad input: clear exceptions in the facade's own words, never a crash."""
 
 from __future__ import annotations
 
