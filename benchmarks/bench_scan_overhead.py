@@ -12,7 +12,7 @@ median and 10th percentile over all calls (p10 is the steadier figure on a
 busy machine).
   scan_noreset     scan(reset=False) in a tight loop (state constant)
   dirty_scan_reset write the pages (untimed), then time one scan(reset=True)
-Only meaningful on a host where pagemap_scan_available() is true.
+Only meaningful on a host where the pagemap_scan backend is available.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ try:
 except ImportError:  # run from a checkout with the extension built in place
     sys.path.insert(0, str(HERE.parent))
     from memwatch import _memwatch as mw
+from memwatch import _probes
 
 
 def c_baseline(args: list[str]) -> dict[str, tuple[int, int]]:
@@ -100,7 +101,7 @@ def binding(pages: int, dirty: int, iters: int, repeats: int) -> dict[str, tuple
 
 
 def main() -> int:
-    ok, reason = mw.pagemap_scan_available()
+    ok, reason = _probes.run("pagemap_scan", mw.pagemap_scan_available)
     if not ok:
         print(f"pagemap_scan unavailable: {reason}", file=sys.stderr)
         return 1

@@ -36,6 +36,13 @@ const char *type_name(const py::handle &obj) { return Py_TYPE(obj.ptr())->tp_nam
 // A Python int (or anything with __index__, never a bool) in 0..2**64-1.
 std::uint64_t u64_arg(const py::handle &obj, const char *name) {
     PyObject *o = obj.ptr();
+    if (PyLong_CheckExact(o)) {  // the hot path: a plain int in range
+        const unsigned long long v = PyLong_AsUnsignedLongLong(o);
+        if (!(v == static_cast<unsigned long long>(-1) && PyErr_Occurred())) {
+            return v;
+        }
+        PyErr_Clear();  // negative or too big: say so below
+    }
     if (PyBool_Check(o) || !PyIndex_Check(o)) {
         raise(PyExc_TypeError, std::string(name) + " must be an int, not " + type_name(obj));
     }
