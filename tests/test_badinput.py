@@ -588,6 +588,30 @@ def test_partial_hole_leaves_memory_writable(backend: str) -> None:
     m[PAGE] = 2
 
 
+@pytest.mark.parametrize("backend", REGISTERING)
+def test_reset_after_munmap_names_the_range(backend: str) -> None:
+    """Newcomer M3: reset() after munmap gave "FileNotFoundError: [Errno 2]
+    No such file or directory (UFFDIO_WRITEPROTECT: ...)" (uffd-based) or
+    ENOMEM (mprotect)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    m = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE)
+    addr = address_of(m)
+    w = memwatch.Watch(addr, 4 * PAGE, backend=backend)
+    try:
+        assert libc.munmap(addr, 4 * PAGE) == 0
+        with pytest.raises(ValueError) as info:
+            w.reset()
+        assert str(info.value) == (
+            f"range {addr:#x}+{4 * PAGE:#x} is not (entirely) mapped in this process: "
+            f"{addr:#x}..{addr + 4 * PAGE:#x} is not mapped"
+        )
+    finally:
+        w.close()
+
+
 def test_range_unmapped_under_a_watch_names_it() -> None:
     """A range unmapped under an int-address Watch: mprotect's reset fails
     with ENOMEM; the error names the range and its hole instead."""
