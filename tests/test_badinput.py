@@ -537,6 +537,22 @@ def test_raw_bindings_say_what_is_wrong() -> None:
 REGISTERING = [p for p in ANY if p.values[0] in ("pagemap_scan", "uffd", "mprotect")]
 
 
+def _raw_map(npages: int) -> int:
+    """A private anonymous mapping made with mmap(2) directly: the tests
+    below unmap parts of it, which an mmap.mmap would unmap again (possibly
+    someone else's memory by then) when it is collected."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    addr = libc.mmap(None, npages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                     mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    return int(addr)
+
+
 @pytest.mark.parametrize("backend", REGISTERING)
 def test_address_zero_names_the_range(backend: str) -> None:
     """Newcomer M3: Watch(0, 4096) gave "[Errno 22] Invalid argument
@@ -577,15 +593,15 @@ def test_partial_hole_leaves_memory_writable(backend: str) -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    m = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE)
-    addr = address_of(m)
+    addr = _raw_map(4)  # no Python object owns it: nothing munmaps it again later
     assert libc.munmap(addr + 2 * PAGE, 2 * PAGE) == 0  # the tail is now a hole
     with pytest.raises(ValueError) as info:
         memwatch.Watch(addr, 4 * PAGE, backend=backend)
     assert f"{addr:#x}+{4 * PAGE:#x}" in str(info.value)
     assert f"{addr + 2 * PAGE:#x}..{addr + 4 * PAGE:#x} is not mapped" in str(info.value)
-    m[0] = 1
-    m[PAGE] = 2
+    ctypes.memset(addr, 1, 1)
+    ctypes.memset(addr + PAGE, 2, 1)
+    assert libc.munmap(addr, 2 * PAGE) == 0
 
 
 @pytest.mark.parametrize("backend", REGISTERING)
@@ -597,8 +613,7 @@ def test_reset_after_munmap_names_the_range(backend: str) -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    m = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE)
-    addr = address_of(m)
+    addr = _raw_map(4)  # no Python object owns it: nothing munmaps it again later
     w = memwatch.Watch(addr, 4 * PAGE, backend=backend)
     try:
         assert libc.munmap(addr, 4 * PAGE) == 0
@@ -619,8 +634,7 @@ def test_range_unmapped_under_a_watch_names_it() -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    m = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE)
-    addr = address_of(m)
+    addr = _raw_map(4)  # no Python object owns it: nothing munmaps it again later
     w = memwatch.Watch(addr, 4 * PAGE, backend="mprotect")
     try:
         assert libc.munmap(addr + PAGE, PAGE) == 0
@@ -632,6 +646,7 @@ def test_range_unmapped_under_a_watch_names_it() -> None:
         )
     finally:
         w.close()
+        libc.munmap(addr, 4 * PAGE)
 
 
 def test_uffd_file_mapping_says_why(tmp_path: Any) -> None:
