@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -35,6 +36,7 @@
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -367,7 +369,10 @@ void ensure_installed_locked(Table *t) {
 // every byte mapped, every mapping readable and writable and not
 // executable.  mprotect would otherwise make a read-only mapping writable at
 // detach, or drop PROT_EXEC from code.
-void check_vmas(std::uintptr_t start, std::size_t len) {
+// `inherited` lists ranges a fork() parent's slot protected: read-only
+// there only because of us, so they count as read-write.
+void check_vmas(std::uintptr_t start, std::size_t len,
+                const std::pair<std::uintptr_t, std::uintptr_t> *inherited, std::size_t ninh) {
     std::FILE *f = std::fopen("/proc/self/maps", "re");
     if (!f) {
         throw_errno("open /proc/self/maps");
@@ -388,7 +393,15 @@ void check_vmas(std::uintptr_t start, std::size_t len) {
         if (lo > covered) {
             break;  // a hole
         }
-        if (perms[0] != 'r' || perms[1] != 'w' || perms[2] != '-') {
+        bool ours = false;
+        if (perms[0] == 'r' && perms[1] == '-' && perms[2] == '-') {
+            const std::uintptr_t a = std::max<std::uintptr_t>(lo, start);
+            const std::uintptr_t b = std::min<std::uintptr_t>(hi, end);
+            for (std::size_t k = 0; k < ninh && !ours; ++k) {
+                ours = a >= inherited[k].first && b <= inherited[k].second;
+            }
+        }
+        if (!ours && (perms[0] != 'r' || perms[1] != 'w' || perms[2] != '-')) {
             char buf[160];
             std::snprintf(buf, sizeof buf,
                           "mapping %#lx-%#lx is %s: mprotect cannot watch it (only plain "
@@ -412,6 +425,38 @@ void check_vmas(std::uintptr_t start, std::size_t len) {
     }
 }
 
+// The kernel writes the signal frame on the thread's alternate signal stack
+// (SA_ONSTACK).  faulthandler allocates that stack with PyMem_Malloc, i.e. on
+// the heap: if the watched range covers it, the SIGSEGV for the first watched
+// write cannot be delivered and the process dies.  Move this thread to an
+// alternate stack of its own mapping then (other threads' stacks cannot be
+// changed from here: a documented limit).
+void altstack_outside(std::uintptr_t start, std::size_t len) {
+    stack_t ss;
+    if (::sigaltstack(nullptr, &ss) != 0 || (ss.ss_flags & SS_DISABLE)) {
+        return;
+    }
+    const auto sp = reinterpret_cast<std::uintptr_t>(ss.ss_sp);
+    if (!(sp < start + len && start < sp + ss.ss_size)) {
+        return;
+    }
+    const std::size_t size = std::max<std::size_t>(ss.ss_size, 64 * 1024);
+    void *m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        throw_errno("mmap (alternate signal stack)");
+    }
+    stack_t ns{};
+    ns.ss_sp = m;
+    ns.ss_size = size;
+    ns.ss_flags = 0;
+    if (::sigaltstack(&ns, nullptr) != 0) {
+        const int err = errno;
+        ::munmap(m, size);
+        throw_errno(err, "sigaltstack");
+    }
+    // Never unmapped: the thread may run on it at any later SIGSEGV.
+}
+
 class Mprotect final : public BitmapMechanism {
 public:
     Mprotect() : BitmapMechanism("mprotect") {}
@@ -422,7 +467,6 @@ public:
     }
 
     void attach(std::uintptr_t start, std::size_t len) override {
-        check_vmas(start, len);
         bits_ = PageBitmap(pages_in(len));
         std::lock_guard<std::mutex> lk(g_install_mu);
         Table *t = table_locked();
@@ -440,6 +484,8 @@ public:
         }
         const pid_t me = getpid();
         Slot *slot = nullptr;
+        std::pair<std::uintptr_t, std::uintptr_t> inherited[kSlots];
+        std::size_t ninh = 0;
         for (Slot &s : t->slots) {
             if (!s.active.load()) {
                 if (!slot && !s.bits.load()) {
@@ -448,6 +494,7 @@ public:
                 continue;
             }
             if (s.pid.load() != me) {
+                inherited[ninh++] = {s.start.load(), s.end.load()};
                 continue;  // the fork() parent's: stale here
             }
             const std::uintptr_t a = s.start.load(), b = s.end.load();
@@ -466,6 +513,14 @@ public:
                                         "range covers memwatch's own page bitmap");
             }
         }
+        try {
+            // After the overlap check: pages another of our slots protects
+            // read as r--p, and that deserves EBUSY, not EACCES.
+            check_vmas(start, len, inherited, ninh);
+        } catch (...) {
+            bits_ = PageBitmap();
+            throw;
+        }
         if (!slot) {
             // Reuse a stale slot of the fork() parent only when nothing else is left.
             for (Slot &s : t->slots) {
@@ -482,6 +537,7 @@ public:
         }
         try {
             ensure_installed_locked(t);
+            altstack_outside(start, len);
         } catch (...) {
             bits_ = PageBitmap();
             throw;
