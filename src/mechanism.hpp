@@ -26,6 +26,10 @@ struct Mechanism {
     // This instance's userfaultfd fell back to UFFD_USER_MODE_ONLY (kernel
     // writes into the range then fail with EFAULT instead of being seen).
     virtual bool user_mode_only() const noexcept { return false; }
+    // In a fork() child, for the parent's mechanism: undo what can be undone
+    // in this process only, without locks (mprotect: the child's copy of the
+    // range becomes writable again, so read(2) into it works).  Default: nothing.
+    virtual void forget_in_child() noexcept {}
 };
 
 // What a mechanism can do (exported as class attributes).

@@ -579,6 +579,19 @@ public:
         start_ = len_ = 0;
     }
 
+    void forget_in_child() noexcept override {
+        // The child's copies of the pages become writable again (the
+        // parent's stay protected: private mappings), and the child's copy
+        // of the slot is freed.  Lock-free: an at-fork hook runs this.
+        if (!slot_) {
+            return;
+        }
+        (void)::mprotect(reinterpret_cast<void *>(start_), len_, PROT_READ | PROT_WRITE);
+        slot_->active.store(false);
+        slot_->bits.store(nullptr);
+        slot_ = nullptr;
+    }
+
 protected:
     int protect(std::uintptr_t start, std::size_t len) noexcept override {
         return ::mprotect(reinterpret_cast<void *>(start), len, PROT_READ) == 0 ? 0 : errno;

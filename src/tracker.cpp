@@ -19,6 +19,9 @@ bool Tracker::forget_if_foreign() noexcept {
     }
     // Single-threaded in a fork() child: no lock needed, none taken.
     if (!forgotten_.exchange(true)) {
+        if (mech_ && attached_.load()) {
+            mech_->forget_in_child();
+        }
         (void)mech_.release();  // the child's copy of the parent's object: leak it
         attached_.store(false);
     }

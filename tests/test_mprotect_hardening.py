@@ -322,3 +322,29 @@ def _perms(addr: int) -> str:
             if lo <= addr < hi:
                 return line.split()[1]
     return ""
+
+
+def test_fork_child_can_read_into_inherited_watched_pages() -> None:
+    # Review "fork": the child kept the parent's PROT_READ pages, so read(2)
+    # into them failed with EFAULT; the at-fork hook now makes the child's
+    # copies writable again (the parent's stay watched).
+    r = run_py(
+        """
+        import mmap, os, memwatch
+        m = mmap.mmap(-1, 4 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE)
+        w = memwatch.Watch(m, backend="mprotect")
+        r, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(wfd, b"abc")
+            try:
+                n = os.readv(r, [memoryview(m)[mmap.PAGESIZE:mmap.PAGESIZE + 3]])
+            except OSError as e:
+                n = e.errno
+            os._exit(0 if n == 3 else 1)
+        _, st = os.waitpid(pid, 0)
+        m[0] = 1
+        print("child", st, "parent", list(w.dirty()))
+        """
+    )
+    assert r.returncode == 0 and "child 0 parent [0]" in r.stdout, describe(r)
