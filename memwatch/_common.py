@@ -139,12 +139,17 @@ def unmapped_part(pid: int | None, start: int, length: int) -> tuple[int, int] |
 
 def range_error(
     start: int, length: int, pid: int | None, hole: tuple[int, int]
-) -> ValueError:
-    """ValueError naming the range and its first unmapped part."""
+) -> OSError:
+    """``OSError(ENOMEM)`` naming the range and its first unmapped part.
+
+    ENOMEM is what mprotect(2), madvise(2) and mincore(2) say for "not
+    mapped", and what the mprotect tracker raises itself; the message says
+    it in words instead of "Cannot allocate memory"."""
     where = "this process" if pid is None else f"process {pid}"
-    return ValueError(
-        f"range {start:#x}+{length:#x} is not (entirely) mapped in {where}: "
-        f"{hole[0]:#x}..{hole[1]:#x} is not mapped"
+    return OSError(
+        errno.ENOMEM,
+        f"range {start:#x}+{length:#x} is not entirely mapped in {where} "
+        f"({hole[0]:#x}..{hole[1]:#x} is not mapped)",
     )
 
 

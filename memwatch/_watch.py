@@ -45,6 +45,8 @@ _MAX_CHUNK: Final = 1 << 16
 # uffd-based backends lose their registration in that case anyway.
 _SYSCALL_NO_REUSED_REGIONS: Final = True
 
+_USER_TOP: Final = 1 << 63
+
 _ScanFn = Callable[[int, int, Any, bool], int]
 
 
@@ -332,8 +334,11 @@ class Watch:
                 raise ValueError(f"address must not be negative, got {target:#x}")
             if length <= 0:
                 raise ValueError(f"length must be positive, got {length}")
-            if target + length > 1 << 64:
-                raise ValueError("address + length is beyond the address space")
+            if target + length > _USER_TOP:
+                # No Linux architecture maps user memory in the upper half.
+                raise ValueError(
+                    f"range {target:#x}+{length:#x} is beyond the user address space"
+                )
             begin, nbytes = target, length
         else:
             if length is not None:

@@ -11,10 +11,27 @@ namespace memwatch {
 
 Mechanism::~Mechanism() = default;
 
-Tracker::Tracker(std::unique_ptr<Mechanism> mech, const Caps &caps)
-    : mech_(std::move(mech)), caps_(caps) {}
+Tracker::Tracker(std::unique_ptr<Mechanism> mech) : mech_(std::move(mech)) {}
+
+bool Tracker::forget_if_foreign() noexcept {
+    if (!foreign()) {
+        return false;
+    }
+    // Single-threaded in a fork() child: no lock needed, none taken.
+    if (!forgotten_.exchange(true)) {
+        if (mech_ && attached_.load()) {
+            mech_->forget_in_child();
+        }
+        (void)mech_.release();  // the child's copy of the parent's object: leak it
+        attached_.store(false);
+    }
+    return true;
+}
 
 Tracker::~Tracker() {
+    if (forget_if_foreign()) {
+        return;
+    }
     std::lock_guard<std::mutex> lk(mu_);
     if (foreign()) {
         // A fork() child's copy: the mechanism's fds, threads and handler
@@ -46,6 +63,9 @@ void Tracker::attach(std::int64_t start, std::int64_t length) {
     if (ustart + len < ustart) {
         throw std::invalid_argument("attach: start + length overflows");
     }
+    if (foreign()) {
+        throw std::invalid_argument("tracker was inherited through fork(); create a new one");
+    }
     std::lock_guard<std::mutex> lk(mu_);
     if (attached_) {
         throw std::invalid_argument("tracker is already attached; detach() first");
@@ -61,18 +81,31 @@ void Tracker::attach(std::int64_t start, std::int64_t length) {
 }
 
 void Tracker::detach() {
+    if (forget_if_foreign()) {
+        return;  // never lock in a fork() child: see forget_if_foreign()
+    }
     std::lock_guard<std::mutex> lk(mu_);
     if (!attached_) {
         return;  // idempotent
     }
     const bool mine = !foreign();
     attached_ = false;  // even if the mechanism fails to undo everything
-    if (mine) {
+    if (mine && mech_) {
         mech_->detach();
     }
 }
 
-bool Tracker::foreign() const { return owner_ != 0 && owner_ != getpid(); }
+void Tracker::refuse_if_foreign() const {
+    if (foreign()) {  // before mu_: a fork() child must never wait on it
+        throw std::invalid_argument("tracker was inherited through fork(); it belongs to process " +
+                                    std::to_string(owner_.load()));
+    }
+}
+
+bool Tracker::foreign() const noexcept {
+    const pid_t o = owner_.load();
+    return o != 0 && o != getpid();
+}
 
 std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const {
     if (!attached_) {
@@ -80,7 +113,7 @@ std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const 
     }
     if (foreign()) {
         throw std::invalid_argument("tracker was inherited through fork(); it belongs to process " +
-                                    std::to_string(owner_));
+                                    std::to_string(owner_.load()));
     }
     if (start < 0 || length < 0) {
         throw std::invalid_argument("start and length must be >= 0");
@@ -90,16 +123,19 @@ std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const 
         throw std::invalid_argument("start must be page aligned");
     }
     const std::size_t len = round_up_pages(static_cast<std::size_t>(length));
-    if (ustart < start_ || ustart > start_ + len_ || len > start_ + len_ - ustart) {
+    const std::uintptr_t s0 = start_.load();
+    const std::size_t l0 = len_.load();
+    if (ustart < s0 || ustart > s0 + l0 || len > s0 + l0 - ustart) {
         throw std::invalid_argument("range [" + std::to_string(ustart) + ", +" +
                                     std::to_string(len) + ") is outside the attached range [" +
-                                    std::to_string(start_) + ", +" + std::to_string(len_) + ")");
+                                    std::to_string(s0) + ", +" + std::to_string(l0) + ")");
     }
     return len;
 }
 
 std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t *out,
                           std::size_t cap, bool reset) {
+    refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
     const std::size_t len = check_range(start, length);
     if (len == 0 || cap == 0) {
@@ -109,27 +145,13 @@ std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t
 }
 
 void Tracker::reset(std::int64_t start, std::int64_t length) {
+    refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
     const std::size_t len = check_range(start, length);
     if (len == 0) {
         return;
     }
     mech_->reset(static_cast<std::uintptr_t>(start), len);
-}
-
-bool Tracker::attached() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return attached_;
-}
-
-std::uintptr_t Tracker::start() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return start_;
-}
-
-std::size_t Tracker::length() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return len_;
 }
 
 }  // namespace memwatch
