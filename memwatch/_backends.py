@@ -105,7 +105,8 @@ def _backend(name: str) -> Backend:
         remote=bool(getattr(spec.cls, "remote", False)),
         partial_reset=bool(getattr(spec.cls, "partial_reset", False)),
         atomic=bool(getattr(spec.cls, "atomic", False)),
-        sees_kernel_writes=bool(getattr(spec.cls, "sees_kernel_writes", False)),
+        sees_kernel_writes=bool(getattr(spec.cls, "sees_kernel_writes", False))
+        and not (name == "uffd" and ok and _memwatch.uffd_user_mode_only()),
         false_positives=bool(getattr(spec.cls, "false_positives", False)),
     )
 

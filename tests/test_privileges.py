@@ -64,3 +64,25 @@ def test_without_cap_sys_ptrace_user_mode_only() -> None:
     res = eval(p.stdout)
     assert res["pagemap_scan"] == ("ok", [0, 2])
     assert res["uffd"] == ("EFAULT", [0])
+
+
+def test_backends_table_is_honest_without_cap_sys_ptrace() -> None:
+    """Newcomer W7: without CAP_SYS_PTRACE (vm.unprivileged_userfaultfd=0)
+    `python -m memwatch backends` said uffd kernel_writes=yes, while a read(2)
+    into a uffd-watched page failed with EFAULT (the test above)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and util-linux setpriv to drop CAP_SYS_PTRACE")
+    if not uffd_kernel_mode() or Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "1":
+        pytest.skip("vm.unprivileged_userfaultfd=1: no fallback to exercise")
+    skip_if_unavailable("uffd")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run([setpriv, "--bounding-set", "-sys_ptrace", "--inh-caps", "-sys_ptrace",
+                        sys.executable, "-m", "memwatch", "backends"], capture_output=True,
+                       text=True, timeout=60, env=env, cwd="/", check=False)
+    assert p.returncode == 0, p.stderr
+    rows = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines()[1:]}
+    header = p.stdout.splitlines()[0].split()
+    col = header.index("kernel_writes")
+    assert rows["uffd"][col] == "no", p.stdout
+    assert rows["pagemap_scan"][col] == "yes", p.stdout  # async WP sees them (test above)
