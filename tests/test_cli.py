@@ -142,3 +142,15 @@ def test_watch_own_process_in_process(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"# pid {os.getpid()} address {addr:#x}")
     assert len(out) == 3
+
+
+def test_watch_unmapped_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A range that is not mapped: exit 1 and one line naming it (our own
+    pid, so that every host has a backend for it)."""
+    argv = ["watch", "--pid", str(os.getpid()), "--address", "0x0", "--length", str(PAGE),
+            "--count", "1"]
+    assert _cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"memwatch: cannot watch 0x0+{PAGE:#x} in process {os.getpid()}: ")
+    assert "is not entirely mapped" in err[0]
