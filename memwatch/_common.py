@@ -221,6 +221,12 @@ class PidFd:
     @classmethod
     def open(cls, pid: int) -> PidFd:
         """``os.pidfd_open(pid)`` as an owning PidFd (close it, or use ``with``)."""
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        if pid <= 0:
+            raise ValueError(f"pid must be positive, got {pid}")
+        if pid > _INT_MAX:
+            raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}")
         fd = os.pidfd_open(pid)
         try:
             return cls(fd, _owned=True)

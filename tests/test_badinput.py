@@ -510,6 +510,14 @@ def test_pidfd_bad_values(value: object) -> None:
     _refused(lambda: memwatch.PidFd(value))  # type: ignore[arg-type]
 
 
+def test_pidfd_open_bad_values() -> None:
+    for value in ("1", 1.0, None, True):
+        _refused(lambda v=value: memwatch.PidFd.open(v))  # type: ignore[arg-type]
+    _refused(lambda: memwatch.PidFd.open(0))
+    with pytest.raises(ProcessLookupError, match="no process with pid"):
+        memwatch.PidFd.open(2**70)
+
+
 def test_raw_bindings_say_what_is_wrong() -> None:
     """The private trackers too: every argument converted with a message."""
     from memwatch import _memwatch as mw
