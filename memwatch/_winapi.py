@@ -31,11 +31,20 @@ class WatchedMapping(mmap.mmap):
     watch first, then unmaps.
     """
 
-    watch: Watch
-    address: int
+    _watch: Watch
+
+    @property
+    def watch(self) -> Watch:
+        """The :class:`memwatch.Watch` over the whole mapping (read-only)."""
+        return self._watch
+
+    @property
+    def address(self) -> int:
+        """The mapping's first byte (page aligned; read-only)."""
+        return self._watch.address
 
     def close(self) -> None:
-        watch = getattr(self, "watch", None)
+        watch = getattr(self, "_watch", None)
         if watch is not None:
             watch.close()
         super().close()
@@ -46,7 +55,7 @@ class WatchedMapping(mmap.mmap):
     def __del__(self) -> None:
         # Detach before the mapping goes away (a finaliser runs before the
         # reference cycle mapping -> watch -> export -> mapping is cleared).
-        watch = getattr(self, "watch", None)
+        watch = getattr(self, "_watch", None)
         if watch is not None:
             watch.close()
 
@@ -96,11 +105,10 @@ def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
         # write would make the kernel-level backends report 512 pages.
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
             m.madvise(mmap.MADV_NOHUGEPAGE)
-        m.watch = Watch(m, backend=chosen.name)
+        m._watch = Watch(m, backend=chosen.name)
     except BaseException:
         mmap.mmap.close(m)
         raise
-    m.address = m.watch.address
     return m
 
 

@@ -257,6 +257,18 @@ def test_closed_alloc_raises() -> None:
         memwatch.reset_write_watch(buf)
 
 
+def test_watched_mapping_attributes_are_read_only() -> None:
+    """get_write_watch() computes absolute addresses from them: a stray
+    assignment must not silently corrupt its results."""
+    with memwatch.alloc(PAGE) as buf:
+        with pytest.raises(AttributeError):
+            buf.address = 0  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            buf.watch = None  # type: ignore[misc,assignment]
+        buf[0:1] = b"x"
+        assert memwatch.get_write_watch(buf)[0] == [buf.address]
+
+
 def test_write_watch_bad_arguments() -> None:
     with memwatch.alloc(PAGE) as buf:
         with pytest.raises(ValueError):
