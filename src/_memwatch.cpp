@@ -113,7 +113,7 @@ std::pair<std::int64_t, std::int64_t> range_args(const py::handle &start, const 
     constexpr std::uint64_t top = std::uint64_t{1} << 63;
     if (s >= top || n > top - s) {
         char buf[96];
-        std::snprintf(buf, sizeof buf, "range %#llx+%#llx is beyond the user address space",
+        std::snprintf(buf, sizeof buf, "range 0x%llx+0x%llx is beyond the user address space",
                       static_cast<unsigned long long>(s), static_cast<unsigned long long>(n));
         raise(PyExc_ValueError, buf);
     }
@@ -122,7 +122,7 @@ std::pair<std::int64_t, std::int64_t> range_args(const py::handle &start, const 
 
 // A writable, C-contiguous buffer of 8-byte integers, exported for the
 // duration of one call.  Must be created and destroyed with the GIL held
-// (PyBuffer_Release needs it): declare it before any gil_scoped_release.
+// (PyBuffer_Release needs it): declare it before the without_gil() call.
 class U64Buffer {
 public:
     U64Buffer(const py::handle &obj, const char *argname) {
