@@ -482,7 +482,7 @@ public:
             bits_ = PageBitmap();
             throw;
         }
-        const pid_t me = getpid();
+        const pid_t me = current_pid();
         Slot *slot = nullptr;
         std::pair<std::uintptr_t, std::uintptr_t> inherited[kSlots];
         std::size_t ninh = 0;
@@ -596,7 +596,7 @@ protected:
     int protect(std::uintptr_t start, std::size_t len) noexcept override {
         return ::mprotect(reinterpret_cast<void *>(start), len, PROT_READ) == 0 ? 0 : errno;
     }
-    void before_use() override { reinstall_sigsegv_handler(); }
+    void before_use() override { reinstall_sigsegv_handler(); }  // scan(reset)/reset
 
 private:
     static void release_slot(Slot *s) noexcept {
