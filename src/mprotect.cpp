@@ -85,12 +85,18 @@ struct Table {
     // re-install over someone pushes what it replaced, and
     // sigsegv_forget_top() pops after faulthandler.disable().
     std::atomic<int> chain_depth;  // handlers inside a chained call right now
+    // The last kDetached ranges detached: only a fault inside one of them
+    // can be a write that raced with its detach (see writable_now); any
+    // other foreign fault is chained without reading /proc/self/maps.
+    struct Range {
+        std::atomic<std::uintptr_t> start, end;
+    } detached[64];
+    std::atomic<unsigned> detached_next;
 };
 static_assert(std::is_trivially_destructible<Table>::value, "lives in raw mmap'd memory");
 
 std::atomic<Table *> g_table{nullptr};
 std::mutex g_install_mu;  // attach/detach/re-install only, never in the handler
-std::atomic<unsigned long> g_detaches{0};  // ranges ever detached (see writable_now)
 
 Table *table_locked() {
     Table *t = g_table.load();
@@ -106,6 +112,7 @@ Table *table_locked() {
     t->prev_next = 0;
     t->prev.store(nullptr);
     t->chain_depth.store(0);
+    t->detached_next.store(0);
     g_table.store(t);
     return t;
 }
@@ -246,6 +253,19 @@ bool writable_now(std::uintptr_t addr) noexcept {
     return result;
 }
 
+bool recently_detached(std::uintptr_t addr) noexcept {
+    Table *t = g_table.load();
+    if (!t) {
+        return false;
+    }
+    for (auto &r : t->detached) {
+        if (addr >= r.start.load() && addr < r.end.load()) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void set_default(int sig) noexcept {
     struct sigaction dfl;
     std::memset(&dfl, 0, sizeof dfl);
@@ -316,8 +336,7 @@ void segv_handler(int sig, siginfo_t *si, void *uc) {
     const int saved_errno = errno;
     if (si && si->si_code == SEGV_ACCERR && is_write_fault(uc)) {
         const auto addr = reinterpret_cast<std::uintptr_t>(si->si_addr);
-        if (handle_ours(addr) ||
-            (g_detaches.load(std::memory_order_acquire) != 0 && writable_now(addr))) {
+        if (handle_ours(addr) || (recently_detached(addr) && writable_now(addr))) {
             errno = saved_errno;
             return;  // retry the write
         }
@@ -567,7 +586,11 @@ public:
         (void)::mprotect(reinterpret_cast<void *>(start_), len_, PROT_READ | PROT_WRITE);
         std::lock_guard<std::mutex> lk(g_install_mu);
         if (slot_) {
-            g_detaches.fetch_add(1);
+            Table *t = g_table.load();
+            auto &r = t->detached[t->detached_next.fetch_add(1) % 64];
+            r.end.store(0);  // never a half-written range
+            r.start.store(start_);
+            r.end.store(start_ + len_);
             release_slot(slot_);
         }
         // The handler stays installed (a pass-through with no range
