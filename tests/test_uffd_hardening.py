@@ -14,12 +14,11 @@ import shutil
 from array import array
 
 import pytest
+from hardening_support import describe, run_py
+from support import skip_reason
 
 import memwatch
 from memwatch import _memwatch as mw
-
-from hardening_support import describe, run_py
-from support import skip_reason
 
 PS = mmap.PAGESIZE
 
