@@ -73,6 +73,7 @@ constexpr std::uint64_t kFeatures = uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 struct HandlerShared {
     std::mutex hmu;              // see the top: (h1,h2) vs (s1,s2)
     std::atomic<int> dead{0};    // errno-ish reason the handler stopped on its own
+    std::atomic<bool> running{false};  // the handler thread reached its loop
     alignas(64) unsigned char zero[1];  // (the zero page is the mapping's 2nd page)
 };
 
@@ -120,6 +121,7 @@ public:
         start_ = start;
         len_ = len;
         shared_->dead.store(0);
+        shared_->running.store(false);
         std::uint64_t v;
         while (::read(stop_.get(), &v, sizeof v) == sizeof v) {
         }  // drain a stale stop request
@@ -197,6 +199,11 @@ private:
             throw;
         }
         ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        // Wait until the thread runs its own code: whatever thread start-up
+        // does in libc happens before anything is protected.
+        while (!shared_->running.load()) {
+            std::this_thread::yield();
+        }
     }
 
     // The handler cannot go on (the fd reports an error): writers must not
@@ -214,6 +221,7 @@ private:
     }
 
     void handler() noexcept {
+        shared_->running.store(true);
         const std::size_t ps = page_size();
         pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
         uapi::uffd_msg msgs[16];
