@@ -401,6 +401,12 @@ void check_vmas(std::uintptr_t start, std::size_t len,
     char line[512];
     std::string bad;
     while (covered < end && std::fgets(line, sizeof line, f)) {
+        if (!std::strchr(line, '\n')) {
+            // A long line (path): skip its rest so it cannot parse as a line.
+            int c;
+            while ((c = std::fgetc(f)) != EOF && c != '\n') {
+            }
+        }
         unsigned long lo = 0, hi = 0;
         char perms[8] = {0};
         if (std::sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3) {
