@@ -4,28 +4,41 @@
 //
 // The handler (async-signal-safe: atomics and raw syscalls only, no locks,
 // no allocation) looks the faulting address up in a fixed table of watched
-// ranges.  A fault outside every watched range, or not a write, is chained to
-// the handler that was installed before ours; if that was SIG_DFL (or
-// SIG_IGN), the default disposition is restored and the handler returns, so
-// the faulting instruction re-executes and the process dies the normal way
-// (core dump, faulthandler output if faulthandler was installed before us).
+// ranges.  Everything it writes (slot table, bitmaps) is in mappings of its
+// own, which attach() refuses to watch, so it never faults on its own
+// bookkeeping.  A fault outside every watched range, or not a write, is
+// chained to the action that was installed before ours, run as the kernel
+// would have run it (its sa_mask, SA_NODEFER, SA_RESETHAND); if that was
+// SIG_DFL (or SIG_IGN), the default disposition is restored and the faulting
+// instruction re-executes, so the process dies the normal way.  A SIGSEGV
+// sent with kill(2)/raise(3) (si_code <= 0) is never swallowed: previous
+// handler, or default action and re-raise.
+//
+// Others replace the SIGSEGV action (faulthandler.enable()/disable(),
+// signal.signal()): attach(), reset() and scan(reset=True) re-install ours
+// on top, and the binding re-installs it right after those Python calls.
 //
 // SA_ONSTACK: a stack overflow is a SIGSEGV too; with SA_ONSTACK it runs on
-// the thread's alternate stack if there is one (faulthandler sets one up),
-// so chaining to faulthandler still works for that crash.  SIGBUS is not
-// ours (PROT_READ faults are SIGSEGV/SEGV_ACCERR), so it is left alone.
+// the thread's alternate stack if there is one (faulthandler sets one up,
+// on the heap: attach() moves the attaching thread's to a mapping of its own
+// when the range covers it).  SIGBUS is not ours.
 //
-// Ordering against scan(reset=True) is the one in uffd.cpp: the handler
-// un-protects (mprotect RW), then sets the bit, then returns (the write
-// retries only after that); scan clears the bits it reports, then
-// re-protects those pages.
+// Ordering against scan(reset=True) is the one in uffd.cpp's old order: the
+// handler un-protects (mprotect RW), then sets the bit, then returns (the
+// write retries only after that); scan clears the bits it reports, then
+// re-protects those pages.  A scan between the two re-protects a page whose
+// bit is set afterwards: a false positive, never a loss.
+//
+// Past vm.max_map_count the per-page mprotect fails (ENOMEM): the handler
+// then makes the whole range writable and counts every page as written, and
+// a scan that cannot re-protect keeps the pages dirty (false positives).
 //
 // Limit (sees_kernel_writes=false): the kernel does not raise SIGSEGV for its
 // own accesses; a read(2) into a clean watched page fails with EFAULT.
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <new>
