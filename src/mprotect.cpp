@@ -442,9 +442,8 @@ void check_vmas(std::uintptr_t start, std::size_t len,
         if (!ours && (perms[0] != 'r' || perms[1] != 'w' || perms[2] != '-')) {
             char buf[160];
             std::snprintf(buf, sizeof buf,
-                          "mapping %#lx-%#lx is %s: mprotect cannot watch it (only plain "
-                          "read-write, non-executable mappings)",
-                          lo, hi, perms);
+                          "mprotect: mapping %#lx-%#lx is %s, not plain read-write", lo, hi,
+                          perms);
             bad = buf;
             break;
         }
@@ -456,7 +455,8 @@ void check_vmas(std::uintptr_t start, std::size_t len,
     }
     if (covered < end) {
         char buf[160];
-        std::snprintf(buf, sizeof buf, "range %#lx+%#lx is not entirely mapped (hole at %#lx)",
+        std::snprintf(buf, sizeof buf,
+                      "mprotect: range %#lx+%#lx is not entirely mapped (hole at %#lx)",
                       static_cast<unsigned long>(start), static_cast<unsigned long>(len),
                       static_cast<unsigned long>(covered));
         throw std::system_error(ENOMEM, std::generic_category(), buf);
@@ -571,7 +571,8 @@ public:
         }
         if (!slot) {
             bits_ = PageBitmap();
-            throw std::invalid_argument("too many MprotectTracker ranges attached (limit 256)");
+            throw std::system_error(ENOSPC, std::generic_category(),
+                                    "mprotect: at most 256 ranges can be watched at once");
         }
         try {
             ensure_installed_locked(t);

@@ -109,7 +109,7 @@ bool Tracker::foreign() const noexcept {
 
 std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const {
     if (!attached_) {
-        throw std::invalid_argument("tracker is detached");
+        throw std::invalid_argument("operation on a closed Watch (its tracker is detached)");
     }
     if (start < 0 || length < 0) {
         throw std::invalid_argument("start and length must be >= 0");
