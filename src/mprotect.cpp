@@ -98,6 +98,10 @@ struct Table {
     // re-install over someone pushes what it replaced, and
     // sigsegv_forget_top() pops after faulthandler.disable().
     std::atomic<int> chain_depth;  // handlers inside a chained call right now
+    // A previous action with SA_RESETHAND that we already ran once: from
+    // then on it counts as SIG_DFL (as the kernel would have reset it),
+    // without uninstalling our own handler.
+    std::atomic<const struct sigaction *> prev_spent;
     // The last kDetached ranges detached: only a fault inside one of them
     // can be a write that raced with its detach (see writable_now); any
     // other foreign fault is chained without reading /proc/self/maps.
@@ -126,6 +130,7 @@ Table *table_locked() {
     t->prev.store(nullptr);
     t->chain_depth.store(0);
     t->detached_next.store(0);
+    t->prev_spent.store(nullptr);
     g_table.store(t);
     return t;
 }
@@ -298,6 +303,9 @@ bool is_ours(const struct sigaction &a) noexcept {
 void chain(int sig, siginfo_t *si, void *uc) noexcept {
     Table *t = g_table.load();
     const struct sigaction *prev = t ? t->prev.load() : nullptr;
+    if (prev && t->prev_spent.load() == prev) {
+        prev = nullptr;  // a one-shot (SA_RESETHAND) handler already ran: default
+    }
     const bool user_sent = !si || si->si_code <= 0;  // kill(2), raise(3), sigqueue(3)
     if (user_sent && t && t->chain_depth.load() > 0) {
         // The handler we chained to re-raised (faulthandler does, after
@@ -322,7 +330,7 @@ void chain(int sig, siginfo_t *si, void *uc) noexcept {
     // unless SA_NODEFER) blocked, SA_RESETHAND honoured.
     const struct sigaction p = *prev;
     if (p.sa_flags & SA_RESETHAND) {
-        set_default(sig);
+        t->prev_spent.store(prev);
     }
     sigset_t mask = p.sa_mask, old;
     if (p.sa_flags & SA_NODEFER) {
@@ -377,6 +385,7 @@ void ensure_installed_locked(Table *t) {
     auto publish = [t](const struct sigaction &a) {
         struct sigaction &slot = t->prev_ring[t->prev_next++ % kPrevRing];
         slot = a;
+        t->prev_spent.store(nullptr);
         t->prev.store(&slot);
     };
     if (!is_ours(cur)) {
@@ -675,6 +684,7 @@ void sigsegv_forget_top() {
         return;
     }
     --t->prev_next;
+    t->prev_spent.store(nullptr);
     t->prev.store(&t->prev_ring[(t->prev_next - 1) % kPrevRing]);
 }
 
