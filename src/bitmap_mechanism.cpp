@@ -7,7 +7,11 @@ namespace memwatch {
 
 std::size_t BitmapMechanism::scan(std::uintptr_t start, std::size_t len, std::uint64_t *out,
                                   std::size_t cap, bool reset) {
-    before_use();
+    if (reset) {
+        before_use();
+    } else {
+        check_alive();
+    }
     const std::size_t ps = page_size();
     int err = 0;
     struct Lk {

@@ -28,8 +28,12 @@ protected:
     // cannot lock, and the mprotect ordering does not need it).
     virtual void handler_lock() noexcept {}
     virtual void handler_unlock() noexcept {}
-    // Called by reset()/scan() first (mprotect re-checks its SIGSEGV handler).
-    virtual void before_use() {}
+    // Called by reset() and scan(reset=True) first (mprotect re-checks its
+    // SIGSEGV handler there: one sigaction(2), too dear for every plain scan;
+    // faulthandler/signal.signal are covered by the binding's wrappers).
+    virtual void before_use() { check_alive(); }
+    // Throws if the fault handler can no longer run (uffd: thread gone).
+    virtual void check_alive() {}
     // Throws EINVAL if [start, start+len) covers the bitmap's own storage.
     void check_not_bookkeeping(std::uintptr_t start, std::size_t len) const;
 

@@ -4,28 +4,41 @@
 //
 // The handler (async-signal-safe: atomics and raw syscalls only, no locks,
 // no allocation) looks the faulting address up in a fixed table of watched
-// ranges.  A fault outside every watched range, or not a write, is chained to
-// the handler that was installed before ours; if that was SIG_DFL (or
-// SIG_IGN), the default disposition is restored and the handler returns, so
-// the faulting instruction re-executes and the process dies the normal way
-// (core dump, faulthandler output if faulthandler was installed before us).
+// ranges.  Everything it writes (slot table, bitmaps) is in mappings of its
+// own, which attach() refuses to watch, so it never faults on its own
+// bookkeeping.  A fault outside every watched range, or not a write, is
+// chained to the action that was installed before ours, run as the kernel
+// would have run it (its sa_mask, SA_NODEFER, SA_RESETHAND); if that was
+// SIG_DFL (or SIG_IGN), the default disposition is restored and the faulting
+// instruction re-executes, so the process dies the normal way.  A SIGSEGV
+// sent with kill(2)/raise(3) (si_code <= 0) is never swallowed: previous
+// handler, or default action and re-raise.
+//
+// Others replace the SIGSEGV action (faulthandler.enable()/disable(),
+// signal.signal()): attach(), reset() and scan(reset=True) re-install ours
+// on top, and the binding re-installs it right after those Python calls.
 //
 // SA_ONSTACK: a stack overflow is a SIGSEGV too; with SA_ONSTACK it runs on
-// the thread's alternate stack if there is one (faulthandler sets one up),
-// so chaining to faulthandler still works for that crash.  SIGBUS is not
-// ours (PROT_READ faults are SIGSEGV/SEGV_ACCERR), so it is left alone.
+// the thread's alternate stack if there is one (faulthandler sets one up,
+// on the heap: attach() moves the attaching thread's to a mapping of its own
+// when the range covers it).  SIGBUS is not ours.
 //
-// Ordering against scan(reset=True) is the one in uffd.cpp: the handler
-// un-protects (mprotect RW), then sets the bit, then returns (the write
-// retries only after that); scan clears the bits it reports, then
-// re-protects those pages.
+// Ordering against scan(reset=True) is the one in uffd.cpp's old order: the
+// handler un-protects (mprotect RW), then sets the bit, then returns (the
+// write retries only after that); scan clears the bits it reports, then
+// re-protects those pages.  A scan between the two re-protects a page whose
+// bit is set afterwards: a false positive, never a loss.
+//
+// Past vm.max_map_count the per-page mprotect fails (ENOMEM): the handler
+// then makes the whole range writable and counts every page as written, and
+// a scan that cannot re-protect keeps the pages dirty (false positives).
 //
 // Limit (sees_kernel_writes=false): the kernel does not raise SIGSEGV for its
 // own accesses; a read(2) into a clean watched page fails with EFAULT.
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -85,12 +98,22 @@ struct Table {
     // re-install over someone pushes what it replaced, and
     // sigsegv_forget_top() pops after faulthandler.disable().
     std::atomic<int> chain_depth;  // handlers inside a chained call right now
+    // A previous action with SA_RESETHAND that we already ran once: from
+    // then on it counts as SIG_DFL (as the kernel would have reset it),
+    // without uninstalling our own handler.
+    std::atomic<const struct sigaction *> prev_spent;
+    // The last kDetached ranges detached: only a fault inside one of them
+    // can be a write that raced with its detach (see writable_now); any
+    // other foreign fault is chained without reading /proc/self/maps.
+    struct Range {
+        std::atomic<std::uintptr_t> start, end;
+    } detached[64];
+    std::atomic<unsigned> detached_next;
 };
 static_assert(std::is_trivially_destructible<Table>::value, "lives in raw mmap'd memory");
 
 std::atomic<Table *> g_table{nullptr};
 std::mutex g_install_mu;  // attach/detach/re-install only, never in the handler
-std::atomic<unsigned long> g_detaches{0};  // ranges ever detached (see writable_now)
 
 Table *table_locked() {
     Table *t = g_table.load();
@@ -106,6 +129,8 @@ Table *table_locked() {
     t->prev_next = 0;
     t->prev.store(nullptr);
     t->chain_depth.store(0);
+    t->detached_next.store(0);
+    t->prev_spent.store(nullptr);
     g_table.store(t);
     return t;
 }
@@ -246,6 +271,19 @@ bool writable_now(std::uintptr_t addr) noexcept {
     return result;
 }
 
+bool recently_detached(std::uintptr_t addr) noexcept {
+    Table *t = g_table.load();
+    if (!t) {
+        return false;
+    }
+    for (auto &r : t->detached) {
+        if (addr >= r.start.load() && addr < r.end.load()) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void set_default(int sig) noexcept {
     struct sigaction dfl;
     std::memset(&dfl, 0, sizeof dfl);
@@ -265,6 +303,9 @@ bool is_ours(const struct sigaction &a) noexcept {
 void chain(int sig, siginfo_t *si, void *uc) noexcept {
     Table *t = g_table.load();
     const struct sigaction *prev = t ? t->prev.load() : nullptr;
+    if (prev && t->prev_spent.load() == prev) {
+        prev = nullptr;  // a one-shot (SA_RESETHAND) handler already ran: default
+    }
     const bool user_sent = !si || si->si_code <= 0;  // kill(2), raise(3), sigqueue(3)
     if (user_sent && t && t->chain_depth.load() > 0) {
         // The handler we chained to re-raised (faulthandler does, after
@@ -289,7 +330,7 @@ void chain(int sig, siginfo_t *si, void *uc) noexcept {
     // unless SA_NODEFER) blocked, SA_RESETHAND honoured.
     const struct sigaction p = *prev;
     if (p.sa_flags & SA_RESETHAND) {
-        set_default(sig);
+        t->prev_spent.store(prev);
     }
     sigset_t mask = p.sa_mask, old;
     if (p.sa_flags & SA_NODEFER) {
@@ -316,8 +357,7 @@ void segv_handler(int sig, siginfo_t *si, void *uc) {
     const int saved_errno = errno;
     if (si && si->si_code == SEGV_ACCERR && is_write_fault(uc)) {
         const auto addr = reinterpret_cast<std::uintptr_t>(si->si_addr);
-        if (handle_ours(addr) ||
-            (g_detaches.load(std::memory_order_acquire) != 0 && writable_now(addr))) {
+        if (handle_ours(addr) || (recently_detached(addr) && writable_now(addr))) {
             errno = saved_errno;
             return;  // retry the write
         }
@@ -345,6 +385,7 @@ void ensure_installed_locked(Table *t) {
     auto publish = [t](const struct sigaction &a) {
         struct sigaction &slot = t->prev_ring[t->prev_next++ % kPrevRing];
         slot = a;
+        t->prev_spent.store(nullptr);
         t->prev.store(&slot);
     };
     if (!is_ours(cur)) {
@@ -382,6 +423,12 @@ void check_vmas(std::uintptr_t start, std::size_t len,
     char line[512];
     std::string bad;
     while (covered < end && std::fgets(line, sizeof line, f)) {
+        if (!std::strchr(line, '\n')) {
+            // A long line (path): skip its rest so it cannot parse as a line.
+            int c;
+            while ((c = std::fgetc(f)) != EOF && c != '\n') {
+            }
+        }
         unsigned long lo = 0, hi = 0;
         char perms[8] = {0};
         if (std::sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3) {
@@ -404,9 +451,8 @@ void check_vmas(std::uintptr_t start, std::size_t len,
         if (!ours && (perms[0] != 'r' || perms[1] != 'w' || perms[2] != '-')) {
             char buf[160];
             std::snprintf(buf, sizeof buf,
-                          "mapping %#lx-%#lx is %s: mprotect cannot watch it (only plain "
-                          "read-write, non-executable mappings)",
-                          lo, hi, perms);
+                          "mprotect: mapping %#lx-%#lx is %s, not plain read-write", lo, hi,
+                          perms);
             bad = buf;
             break;
         }
@@ -418,7 +464,8 @@ void check_vmas(std::uintptr_t start, std::size_t len,
     }
     if (covered < end) {
         char buf[160];
-        std::snprintf(buf, sizeof buf, "range %#lx+%#lx is not entirely mapped (hole at %#lx)",
+        std::snprintf(buf, sizeof buf,
+                      "mprotect: range %#lx+%#lx is not entirely mapped (hole at %#lx)",
                       static_cast<unsigned long>(start), static_cast<unsigned long>(len),
                       static_cast<unsigned long>(covered));
         throw std::system_error(ENOMEM, std::generic_category(), buf);
@@ -482,7 +529,7 @@ public:
             bits_ = PageBitmap();
             throw;
         }
-        const pid_t me = getpid();
+        const pid_t me = current_pid();
         Slot *slot = nullptr;
         std::pair<std::uintptr_t, std::uintptr_t> inherited[kSlots];
         std::size_t ninh = 0;
@@ -533,7 +580,8 @@ public:
         }
         if (!slot) {
             bits_ = PageBitmap();
-            throw std::invalid_argument("too many MprotectTracker ranges attached (limit 256)");
+            throw std::system_error(ENOSPC, std::generic_category(),
+                                    "mprotect: at most 256 ranges can be watched at once");
         }
         try {
             ensure_installed_locked(t);
@@ -567,7 +615,11 @@ public:
         (void)::mprotect(reinterpret_cast<void *>(start_), len_, PROT_READ | PROT_WRITE);
         std::lock_guard<std::mutex> lk(g_install_mu);
         if (slot_) {
-            g_detaches.fetch_add(1);
+            Table *t = g_table.load();
+            auto &r = t->detached[t->detached_next.fetch_add(1) % 64];
+            r.end.store(0);  // never a half-written range
+            r.start.store(start_);
+            r.end.store(start_ + len_);
             release_slot(slot_);
         }
         // The handler stays installed (a pass-through with no range
@@ -596,7 +648,7 @@ protected:
     int protect(std::uintptr_t start, std::size_t len) noexcept override {
         return ::mprotect(reinterpret_cast<void *>(start), len, PROT_READ) == 0 ? 0 : errno;
     }
-    void before_use() override { reinstall_sigsegv_handler(); }
+    void before_use() override { reinstall_sigsegv_handler(); }  // scan(reset)/reset
 
 private:
     static void release_slot(Slot *s) noexcept {
@@ -632,6 +684,7 @@ void sigsegv_forget_top() {
         return;
     }
     --t->prev_next;
+    t->prev_spent.store(nullptr);
     t->prev.store(&t->prev_ring[(t->prev_next - 1) % kPrevRing]);
 }
 

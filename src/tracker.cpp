@@ -74,7 +74,7 @@ void Tracker::attach(std::int64_t start, std::int64_t length) {
         throw std::invalid_argument("tracker was inherited through fork(); create a new one");
     }
     mech_->attach(ustart, len);
-    owner_ = getpid();
+    owner_ = current_pid();
     start_ = ustart;
     len_ = len;
     attached_ = true;
@@ -104,16 +104,12 @@ void Tracker::refuse_if_foreign() const {
 
 bool Tracker::foreign() const noexcept {
     const pid_t o = owner_.load();
-    return o != 0 && o != getpid();
+    return o != 0 && o != current_pid();
 }
 
 std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const {
     if (!attached_) {
-        throw std::invalid_argument("tracker is detached");
-    }
-    if (foreign()) {
-        throw std::invalid_argument("tracker was inherited through fork(); it belongs to process " +
-                                    std::to_string(owner_.load()));
+        throw std::invalid_argument("operation on a closed Watch (its tracker is detached)");
     }
     if (start < 0 || length < 0) {
         throw std::invalid_argument("start and length must be >= 0");

@@ -16,9 +16,11 @@
 // Why no write is lost (the handler and scan(reset=True) race on a page P).
 // The handler thread and the scanner serialize on one lock (hmu, kept in
 // memory of its own so the handler never faults on it):
-//   handler: lock; (h1) bit[P] |= 1; (h2) un-protect P and wake; unlock
+//   handler: lock; (h1) bit[P] |= 1; (h2) un-protect P (DONTWAKE); unlock;
+//            (h3) wake the writer
 //   scan:    lock; (s1) take bit[P] (fetch_and); (s2) re-protect P; unlock
-// - The faulting write completes only after h2, and its bit was set in h1:
+// - The faulting write completes only after h2 (normally after h3), and its
+//   bit was set in h1:
 //   a write that completed before scan() started is always reported, even
 //   when a signal interrupts the blocked writer and it retries on its own as
 //   soon as P is writable (the old order, un-protect then set, let such a
@@ -71,6 +73,7 @@ constexpr std::uint64_t kFeatures = uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 struct HandlerShared {
     std::mutex hmu;              // see the top: (h1,h2) vs (s1,s2)
     std::atomic<int> dead{0};    // errno-ish reason the handler stopped on its own
+    std::atomic<bool> running{false};  // the handler thread reached its loop
     alignas(64) unsigned char zero[1];  // (the zero page is the mapping's 2nd page)
 };
 
@@ -118,6 +121,7 @@ public:
         start_ = start;
         len_ = len;
         shared_->dead.store(0);
+        shared_->running.store(false);
         std::uint64_t v;
         while (::read(stop_.get(), &v, sizeof v) == sizeof v) {
         }  // drain a stale stop request
@@ -170,7 +174,7 @@ protected:
     }
     void handler_lock() noexcept override { shared_->hmu.lock(); }
     void handler_unlock() noexcept override { shared_->hmu.unlock(); }
-    void before_use() override {
+    void check_alive() override {
         if (const int why = shared_->dead.load()) {
             throw std::system_error(EIO, std::generic_category(),
                                     std::string("uffd handler thread stopped (") +
@@ -195,6 +199,11 @@ private:
             throw;
         }
         ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        // Wait until the thread runs its own code: whatever thread start-up
+        // does in libc happens before anything is protected.
+        while (!shared_->running.load()) {
+            std::this_thread::yield();
+        }
     }
 
     // The handler cannot go on (the fd reports an error): writers must not
@@ -212,6 +221,7 @@ private:
     }
 
     void handler() noexcept {
+        shared_->running.store(true);
         const std::size_t ps = page_size();
         pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
         uapi::uffd_msg msgs[16];
@@ -249,29 +259,34 @@ private:
                 const bool in_range = page >= start_ && page < start_ + len_;
                 const auto flags = msg.arg.pagefault.flags;
                 const bool write = (flags & uapi::UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+                bool wake = true;
                 shared_->hmu.lock();
                 if (flags & uapi::UFFD_PAGEFAULT_FLAG_WP) {
-                    // (h1) record, (h2) un-protect and wake: see the top.
+                    // (h1) record, (h2) un-protect: see the top.  The wake
+                    // comes after the unlock, so the woken writer (which may
+                    // go straight on to scan) does not wait for our lock.
                     if (in_range) {
                         bits_.set((page - start_) / ps);
                     }
-                    (void)uffd_writeprotect(uffd_.get(), page, ps, false);
+                    (void)uffd_writeprotect(uffd_.get(), page, ps, false, /*dontwake=*/true);
                 } else {
                     // Missing: populate with zeros.  A write: record first,
-                    // map writable.  A read: map write-protected.
+                    // map writable.  A read: map write-protected.  UFFDIO_COPY
+                    // wakes the waiter itself.
                     if (write && in_range) {
                         bits_.set((page - start_) / ps);
                     }
                     const int e = uffd_copy(uffd_.get(), page, zero_page_, ps, !write);
-                    if (e) {
-                        // EEXIST: a racing fault populated it (if it was a
-                        // read, the page is write-protected and the retried
-                        // write faults again); ENOENT/ESRCH: the range went
-                        // away.  Either way, wake the waiter.
-                        uffd_wake(uffd_.get(), page, ps);
-                    }
+                    // EEXIST: a racing fault populated it (if it was a read,
+                    // the page is write-protected and the retried write
+                    // faults again); ENOENT/ESRCH: the range went away.
+                    // Either way, wake the waiter below.
+                    wake = e != 0;
                 }
                 shared_->hmu.unlock();
+                if (wake) {
+                    uffd_wake(uffd_.get(), page, ps);
+                }
             }
         }
     }

@@ -1,9 +1,11 @@
 #include "util.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <system_error>
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -22,6 +24,19 @@ std::size_t page_size() noexcept {
     static const std::size_t ps = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     return ps;
 }
+
+namespace {
+std::atomic<pid_t> g_pid{0};
+void refresh_pid() noexcept { g_pid.store(::getpid(), std::memory_order_relaxed); }
+struct PidInit {
+    PidInit() noexcept {
+        refresh_pid();
+        ::pthread_atfork(nullptr, nullptr, refresh_pid);
+    }
+} g_pid_init;
+}  // namespace
+
+pid_t current_pid() noexcept { return g_pid.load(std::memory_order_relaxed); }
 
 void Fd::reset(int fd) noexcept {
     if (fd_ >= 0) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <utility>
 
+#include <sys/types.h>
+
 namespace memwatch {
 
 // Throw std::system_error(err) whose what() names the failing call.  The
@@ -21,6 +23,10 @@ namespace memwatch {
 [[noreturn]] void throw_errno(const char *what);
 
 std::size_t page_size() noexcept;
+
+// getpid() without a system call: cached, refreshed in a fork() child by a
+// pthread_atfork handler (before any Python at-fork hook runs).
+pid_t current_pid() noexcept;
 
 inline bool page_aligned(std::uintptr_t addr) noexcept {
     return (addr & (page_size() - 1)) == 0;

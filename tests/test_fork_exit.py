@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-
 from hardening_support import ROOT, describe, run_py
 from support import skip_reason
 
@@ -116,10 +115,10 @@ def test_exit_while_daemon_thread_polls_is_clean(backend: str) -> None:
     bad = []
     for p in procs:
         try:
-            out, err = p.communicate(timeout=60)
+            _, err = p.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             p.kill()
-            out, err = p.communicate()
+            _, err = p.communicate()
             bad.append(("hang", err[-500:]))
             continue
         if p.returncode != 0 or "terminate" in err:

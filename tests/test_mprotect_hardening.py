@@ -13,11 +13,10 @@ import signal
 from array import array
 
 import pytest
-
-from memwatch import _memwatch as mw
-
 from hardening_support import describe, run_py
 from support import skip_reason
+
+from memwatch import _memwatch as mw
 
 PS = mmap.PAGESIZE
 

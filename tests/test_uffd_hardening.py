@@ -14,12 +14,11 @@ import shutil
 from array import array
 
 import pytest
+from hardening_support import describe, run_py
+from support import skip_reason
 
 import memwatch
 from memwatch import _memwatch as mw
-
-from hardening_support import describe, run_py
-from support import skip_reason
 
 PS = mmap.PAGESIZE
 
@@ -90,7 +89,7 @@ def test_untouched_pages_and_reads_are_tracked_exactly() -> None:
     buf = bytearray(8 * 4096)
     w = memwatch.Watch(buf, backend="uffd")
     buf[5000] = 1
-    print("ok", 4096 in w.dirty())
+    print("ok", (w.target_offset + 5000) // 4096 * 4096 in w.dirty())
     """,
     # The handler thread must not fault on its own state when the whole
     # [heap] is watched.
@@ -260,3 +259,42 @@ def test_user_mode_only_is_reported_honestly() -> None:
     assert r.returncode == 0 and "umo True False True" in r.stdout, describe(r)
     r = run_py(code)
     assert r.returncode == 0 and "umo False True False" in r.stdout, describe(r)
+
+
+@needs_uffd
+def test_handler_failure_fails_loudly_instead_of_hanging_writers() -> None:
+    # The handler thread used to return silently on POLLERR/POLLHUP, leaving
+    # every later writer blocked forever.  A userfaultfd without O_NONBLOCK
+    # polls as POLLERR: the handler now un-protects the range (the writer goes
+    # on), counts it all as written, and scan() raises EIO.
+    r = run_py(
+        """
+        import ctypes, errno, fcntl, mmap, os
+        from array import array
+        from memwatch import _memwatch as mw
+        PS = mmap.PAGESIZE
+        m = mmap.mmap(-1, 4 * PS, flags=mmap.MAP_PRIVATE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        t = mw.UffdTracker()
+        t.attach(base, 4 * PS)
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if "userfaultfd" in os.readlink(f"/proc/self/fd/{fd}"):
+                    fl = fcntl.fcntl(int(fd), fcntl.F_GETFL)
+                    fcntl.fcntl(int(fd), fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+            except OSError:
+                pass
+        m[PS] = 1
+        print("write done", flush=True)
+        try:
+            t.scan(base, 4 * PS, array("Q", bytes(32)), True)
+        except OSError as e:
+            print("scan", e.errno == errno.EIO, "handler thread stopped" in str(e))
+        t.detach()
+        print("detached")
+        """,
+        timeout=30,
+    )
+    assert r.returncode == 0, describe(r)
+    assert "write done" in r.stdout and "scan True True" in r.stdout, describe(r)
+    assert "detached" in r.stdout, describe(r)
