@@ -724,3 +724,40 @@ def test_unexportable_out_is_not_called_read_only(watch: memwatch.Watch) -> None
         watch.dirty_into(out)
     assert "read-only" not in str(info.value)
     assert "cannot export" in str(info.value) or "8-byte" in str(info.value)
+
+
+def test_closed_mid_call_says_closed() -> None:
+    """Newcomer M7: a Watch closed by another thread while a call was on its
+    way said either "operation on a closed Watch" or "tracker is detached",
+    depending on timing.  A call that already holds the tracker's method
+    (as a racing thread does) now gets the same words."""
+    with anon(2) as m:
+        w = memwatch.Watch(m)
+        scan = w._scan  # what dirty_into() has fetched when close() overtakes it
+        w.close()
+        out = array("Q", bytes(16))
+        with pytest.raises(ValueError, match="operation on a closed Watch"):
+            scan(address_of(m), 2 * PAGE, out, False)
+        with pytest.raises(ValueError, match="^operation on a closed Watch$"):
+            w.dirty_into(out)
+
+
+def test_mprotect_range_limit_is_an_oserror() -> None:
+    """Newcomer M7: the mprotect backend's 256-range limit was a plain
+    ValueError, as if the caller's arguments were wrong."""
+    if not BACKENDS["mprotect"].available:
+        pytest.skip(f"mprotect unavailable: {BACKENDS['mprotect'].reason}")
+    maps = [mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE) for _ in range(257)]
+    watches = []
+    try:
+        with pytest.raises(OSError) as info:
+            for m in maps:
+                watches.append(memwatch.Watch(m, backend="mprotect"))
+        assert info.value.errno == errno.ENOSPC
+        assert "at most 256 ranges" in str(info.value)
+        assert 0 < len(watches) <= 256  # fewer if another test left one open
+    finally:
+        for w in watches:
+            w.close()
+        for m in maps:
+            m.close()
