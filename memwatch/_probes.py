@@ -35,7 +35,8 @@ _PATCHED: Final = (
 # (backend, code) -> words; "{err}" is the strerror of the probe's errno.
 _TEXT: Final[dict[tuple[str, str], str]] = {
     ("syscall", "enosys"): "process_memwatch(2) is not in this kernel: stock kernels "
-    f"lack it; it needs {_PATCHED}",
+    f"lack it; it needs {_PATCHED}, built with CONFIG_MEM_SOFT_DIRTY",
+    # Kernels of the v2 series answered EOPNOTSUPP without soft-dirty; v3 says ENOSYS.
     ("syscall", "no_soft_dirty"): "process_memwatch(2) is present but the kernel was "
     "built without CONFIG_MEM_SOFT_DIRTY",
     ("softdirty", "no_clear_refs"): "/proc/self/clear_refs is not writable ({err}); "
