@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 from support import BACKENDS, PAGE, Child, address_of, anon
@@ -154,3 +155,41 @@ def test_watch_unmapped_range_is_one_line(capsys: pytest.CaptureFixture[str]) ->
     assert len(err) == 1, err
     assert err[0].startswith(f"memwatch: cannot watch 0x0+{PAGE:#x} in process {os.getpid()}: ")
     assert "is not entirely mapped" in err[0]
+
+
+def test_random_arguments_never_raise(capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever the values, main() returns an exit status or exits through
+    argparse (status 2): never another exception, never a traceback."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    numbers = st.one_of(
+        st.integers(-(2**70), 2**70).map(str),
+        st.integers(0, 2**64).map(hex),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["", "0x", "1e3", "-0", "inf", "nan", "0b101", "1_000", " 7"]),
+        st.text(max_size=6),
+    )
+
+    @hypothesis.settings(max_examples=150, deadline=None, database=None)
+    @hypothesis.given(address=numbers, length=numbers, interval=numbers, count=numbers,
+                      own=st.booleans())
+    def run(address: str, length: str, interval: str, count: str, own: bool) -> None:
+        pid = str(os.getpid()) if own else "4194304"
+        argv = ["watch", "--pid", pid, "--address", address, "--length", length,
+                "--interval", interval, "--count", count]
+        try:
+            rc = _cli.main(argv)
+        except SystemExit as e:
+            assert e.code == 2, argv
+        else:
+            assert rc in (0, 1, 130), (argv, rc)
+        capsys.readouterr()
+
+    def sleep(seconds: float) -> None:
+        # What time.sleep() accepts on every platform; then stop the loop as
+        # Ctrl-C would (exit status 130), so no example polls for long.
+        assert isinstance(seconds, float) and 0 < seconds <= 86400, seconds
+        raise KeyboardInterrupt
+
+    with mock.patch.object(_cli.time, "sleep", sleep):
+        run()
