@@ -11,13 +11,15 @@
 Exit status: 0 on success, 1 when the watch cannot be set up or the target
 goes away, 2 for a usage error (argparse checks every value: a pid, an
 address below 2**64, a positive length, a finite interval up to a day), 130
-on Ctrl-C.  No input prints a traceback.
+on Ctrl-C, 141 when the reader of standard output goes away (``| head``).
+No input prints a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -180,3 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return watch_process(args, sys.stdout, sys.stderr)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (python -m memwatch watch ... | head): stop
+        # quietly, and keep the interpreter's final flush from complaining.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141

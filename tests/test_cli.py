@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -193,3 +194,17 @@ def test_random_arguments_never_raise(capsys: pytest.CaptureFixture[str]) -> Non
 
     with mock.patch.object(_cli.time, "sleep", sleep):
         run()
+
+
+def test_reader_going_away_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m memwatch watch ... | head -1`: the pipe closes after the
+    first line; the next print must not end in a BrokenPipeError traceback."""
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with anon(2) as m:
+        monkeypatch.setattr(sys, "stdout", ClosedPipe())
+        argv = ["watch", "--pid", str(os.getpid()), "--address", hex(address_of(m)),
+                "--length", str(2 * PAGE), "--interval", "1e-6", "--count", "3"]
+        assert _cli.main(argv) == 141
