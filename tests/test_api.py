@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import pickle
 import threading
@@ -493,6 +494,38 @@ def test_forked_child_writes_not_reported(backend: str) -> None:
         assert list(w.dirty()) == [0], "the child's writes are its own pages"
         touch(m, [5])
         assert list(w.dirty(reset=True)) == offsets({0, 5})
+
+
+@pytest.mark.parametrize("backend", ANY)
+def test_shared_memory_written_elsewhere_is_not_reported(backend: str) -> None:
+    """The documented limit (README, "What a Watch sees"): every backend
+    tracks the watched mapping's own page-table entries, so a MAP_SHARED page
+    written through a second mapping, by pwrite(2) or by a forked child's
+    inherited mapping is not reported -- the bytes change all the same."""
+    fd = os.memfd_create("memwatch-test")
+    try:
+        os.ftruncate(fd, 4 * PAGE)
+        with mmap.mmap(fd, 4 * PAGE) as m1, mmap.mmap(fd, 4 * PAGE) as m2:
+            m1[0:4 * PAGE:PAGE] = b"\0" * 4  # populate before watching
+            with memwatch.Watch(m1, backend=backend) as w:
+                m2[PAGE] = 1                          # another mapping
+                os.pwrite(fd, b"\2", 2 * PAGE)        # the file itself
+                pid = os.fork()
+                if pid == 0:  # the child's inherited MAP_SHARED mapping
+                    code = 1
+                    try:
+                        m1[3 * PAGE] = 3
+                        code = 0
+                    finally:
+                        os._exit(code)
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0
+                assert (m1[PAGE], m1[2 * PAGE], m1[3 * PAGE]) == (1, 2, 3)
+                assert list(w.dirty()) == [], "a limit the README states"
+                m1[0] = 9                             # through the watched mapping
+                assert list(w.dirty()) == [0]
+    finally:
+        os.close(fd)
 
 
 # -- Windows write-watch semantics ----------------------------------------------
