@@ -124,7 +124,7 @@ def test_completed_write_is_in_the_next_report_under_signals() -> None:
         w = memwatch.Watch(m, backend="uffd")
         late = calls = 0
         t0 = time.time()
-        while time.time() - t0 < 3:
+        while time.time() - t0 < 2:
             p = calls % 64
             m[p * 4096] = 1
             calls += 1
@@ -339,7 +339,7 @@ def test_madvise_racing_with_detach_never_hangs() -> None:
                 m.madvise(mmap.MADV_DONTNEED, (i % 64) * PS, PS)
                 i += 1
         t = threading.Thread(target=zapper); t.start()
-        for k in range(200):
+        for k in range(100):
             w = memwatch.Watch(m, backend="uffd")
             w.dirty(reset=True)
             w.close()
