@@ -315,8 +315,9 @@ void chain(int sig, siginfo_t *si, void *uc) noexcept {
         ::raise(sig);
         return;
     }
-    if (!prev || (!(prev->sa_flags & SA_SIGINFO) &&
-                  (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN))) {
+    // SIG_DFL/SIG_IGN whatever the flags say (sa_handler and sa_sigaction
+    // share storage; SA_SIGINFO with SIG_DFL must not be called as a function).
+    if (!prev || prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
         if (user_sent && prev && prev->sa_handler == SIG_IGN) {
             return;  // ignored before we came: still ignored
         }
