@@ -315,8 +315,9 @@ void chain(int sig, siginfo_t *si, void *uc) noexcept {
         ::raise(sig);
         return;
     }
-    if (!prev || (!(prev->sa_flags & SA_SIGINFO) &&
-                  (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN))) {
+    // SIG_DFL/SIG_IGN whatever the flags say (sa_handler and sa_sigaction
+    // share storage; SA_SIGINFO with SIG_DFL must not be called as a function).
+    if (!prev || prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
         if (user_sent && prev && prev->sa_handler == SIG_IGN) {
             return;  // ignored before we came: still ignored
         }
@@ -671,6 +672,23 @@ void reinstall_sigsegv_handler() {
     }
     std::lock_guard<std::mutex> lk(g_install_mu);
     ensure_installed_locked(t);
+    // faulthandler.enable() after a Watch allocates its alternate signal
+    // stack on the heap, possibly on watched (read-only) pages: move it.
+    stack_t ss;
+    if (::sigaltstack(nullptr, &ss) != 0 || (ss.ss_flags & SS_DISABLE)) {
+        return;
+    }
+    const auto sp = reinterpret_cast<std::uintptr_t>(ss.ss_sp);
+    const pid_t me = current_pid();
+    for (Slot &s : t->slots) {
+        if (s.active.load() && s.pid.load() == me) {
+            const std::uintptr_t a = s.start.load(), b = s.end.load();
+            if (sp < b && a < sp + ss.ss_size) {
+                altstack_outside(a, b - a);
+                return;
+            }
+        }
+    }
 }
 
 void sigsegv_forget_top() {

@@ -12,6 +12,9 @@
 // so the next write faults.  So no write is lost after MADV_DONTNEED, and the
 // backend needs no UFFD_FEATURE_WP_UNPOPULATED (it works on 5.7-6.3 kernels,
 // and a reset of a sparse range fills no page tables with markers).
+// MADV_DONTNEED/MADV_REMOVE itself changes a page's contents (to zeros): with
+// UFFD_FEATURE_EVENT_REMOVE the handler reads a REMOVE event for it and
+// counts those pages as written, as pagemap_scan does.
 //
 // Why no write is lost (the handler and scan(reset=True) race on a page P).
 // The handler thread and the scanner serialize on one lock (hmu, kept in
@@ -36,6 +39,7 @@
 // Residual false positive under tight polling: a writer woken by h2 may
 // retry its write only after a later s2 re-protected P; it then faults once
 // more and P is reported in two rounds for one write.
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -66,7 +70,13 @@ const Caps uffd_caps = {"uffd", /*remote=*/false, /*partial_reset=*/true, /*atom
 namespace {
 
 // No UFFD_FEATURE_WP_UNPOPULATED: missing faults cover unpopulated pages.
-constexpr std::uint64_t kFeatures = uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+// UFFD_FEATURE_EVENT_REMOVE (Linux 4.11): MADV_DONTNEED/MADV_REMOVE on the
+// range queue an event (the madvise waits until the handler has read it),
+// and the zapped pages count as written: their contents changed (to zeros),
+// as pagemap_scan reports them too.
+constexpr std::uint64_t kFeatureEventRemove = 1u << 3;
+constexpr std::uint8_t kEventRemove = 0x15;
+constexpr std::uint64_t kFeatures = uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP | kFeatureEventRemove;
 
 // What the handler thread writes besides the bitmap and its own stack: in an
 // anonymous mapping of its own, never on a (possibly watched) heap page.
@@ -222,7 +232,6 @@ private:
 
     void handler() noexcept {
         shared_->running.store(true);
-        const std::size_t ps = page_size();
         pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
         uapi::uffd_msg msgs[16];
         for (;;) {
@@ -235,6 +244,10 @@ private:
                 return;
             }
             if (fds[1].revents) {
+                // detach() unregistered the range first, so no new message
+                // can be queued; answer what is left (a REMOVE event left
+                // unread would block its madvise() caller until close).
+                drain();
                 return;
             }
             if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
@@ -249,44 +262,75 @@ private:
                 die(errno);
                 return;
             }
-            const std::size_t nmsg = static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg);
-            for (std::size_t i = 0; i < nmsg; ++i) {
-                const auto &msg = msgs[i];
-                if (msg.event != uapi::UFFD_EVENT_PAGEFAULT) {
+            handle(msgs, static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg));
+        }
+    }
+
+    void drain() noexcept {
+        uapi::uffd_msg msgs[16];
+        for (;;) {
+            const ssize_t r = ::read(uffd_.get(), msgs, sizeof msgs);
+            if (r <= 0) {
+                if (r < 0 && errno == EINTR) {
                     continue;
                 }
-                const std::uintptr_t page = msg.arg.pagefault.address & ~(std::uintptr_t(ps) - 1);
-                const bool in_range = page >= start_ && page < start_ + len_;
-                const auto flags = msg.arg.pagefault.flags;
-                const bool write = (flags & uapi::UFFD_PAGEFAULT_FLAG_WRITE) != 0;
-                bool wake = true;
-                shared_->hmu.lock();
-                if (flags & uapi::UFFD_PAGEFAULT_FLAG_WP) {
-                    // (h1) record, (h2) un-protect: see the top.  The wake
-                    // comes after the unlock, so the woken writer (which may
-                    // go straight on to scan) does not wait for our lock.
-                    if (in_range) {
-                        bits_.set((page - start_) / ps);
-                    }
-                    (void)uffd_writeprotect(uffd_.get(), page, ps, false, /*dontwake=*/true);
-                } else {
-                    // Missing: populate with zeros.  A write: record first,
-                    // map writable.  A read: map write-protected.  UFFDIO_COPY
-                    // wakes the waiter itself.
-                    if (write && in_range) {
-                        bits_.set((page - start_) / ps);
-                    }
-                    const int e = uffd_copy(uffd_.get(), page, zero_page_, ps, !write);
-                    // EEXIST: a racing fault populated it (if it was a read,
-                    // the page is write-protected and the retried write
-                    // faults again); ENOENT/ESRCH: the range went away.
-                    // Either way, wake the waiter below.
-                    wake = e != 0;
+                return;  // EAGAIN: empty
+            }
+            handle(msgs, static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg));
+        }
+    }
+
+    void handle(const uapi::uffd_msg *msgs, std::size_t nmsg) noexcept {
+        const std::size_t ps = page_size();
+        for (std::size_t i = 0; i < nmsg; ++i) {
+            const auto &msg = msgs[i];
+            if (msg.event == kEventRemove) {
+                // arg.remove = {start, end}, over pagefault.{flags, address}.
+                const std::uintptr_t a = msg.arg.reserved.reserved1;
+                const std::uintptr_t b = msg.arg.reserved.reserved2;
+                const std::uintptr_t lo = std::max<std::uintptr_t>(a, start_);
+                const std::uintptr_t hi = std::min<std::uintptr_t>(b, start_ + len_);
+                if (lo < hi && len_) {
+                    shared_->hmu.lock();
+                    bits_.set_range((lo - start_) / ps, (hi - start_ + ps - 1) / ps);
+                    shared_->hmu.unlock();
                 }
-                shared_->hmu.unlock();
-                if (wake) {
-                    uffd_wake(uffd_.get(), page, ps);
+                continue;
+            }
+            if (msg.event != uapi::UFFD_EVENT_PAGEFAULT) {
+                continue;
+            }
+            const std::uintptr_t page = msg.arg.pagefault.address & ~(std::uintptr_t(ps) - 1);
+            const bool in_range = page >= start_ && page < start_ + len_;
+            const auto flags = msg.arg.pagefault.flags;
+            const bool write = (flags & uapi::UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+            bool wake = true;
+            shared_->hmu.lock();
+            if (flags & uapi::UFFD_PAGEFAULT_FLAG_WP) {
+                // (h1) record, (h2) un-protect: see the top.  The wake
+                // comes after the unlock, so the woken writer (which may
+                // go straight on to scan) does not wait for our lock.
+                if (in_range) {
+                    bits_.set((page - start_) / ps);
                 }
+                (void)uffd_writeprotect(uffd_.get(), page, ps, false, /*dontwake=*/true);
+            } else {
+                // Missing: populate with zeros.  A write: record first,
+                // map writable.  A read: map write-protected.  UFFDIO_COPY
+                // wakes the waiter itself.
+                if (write && in_range) {
+                    bits_.set((page - start_) / ps);
+                }
+                const int e = uffd_copy(uffd_.get(), page, zero_page_, ps, !write);
+                // EEXIST: a racing fault populated it (if it was a read,
+                // the page is write-protected and the retried write
+                // faults again); ENOENT/ESRCH: the range went away.
+                // Either way, wake the waiter below.
+                wake = e != 0;
+            }
+            shared_->hmu.unlock();
+            if (wake) {
+                uffd_wake(uffd_.get(), page, ps);
             }
         }
     }

@@ -25,18 +25,23 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_watch_over_own_heap_does_not_crash() -> None:
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_watch_over_own_heap_does_not_crash(when: str) -> None:
     # C1: the bitmap (and the handler's other state) used to be malloc'd; a
     # watch over [heap] made the handler fault on its own bookkeeping (rc 139).
-    # faulthandler's alternate signal stack is on the heap too.
+    # faulthandler's alternate signal stack is on the heap too, whether it
+    # was enabled before the Watch or after it.
+    before = "faulthandler.enable()" if when == "before" else "pass"
+    after = "faulthandler.enable()" if when == "after" else "pass"
     r = run_py(
-        """
+        f"""
         import faulthandler, memwatch
-        faulthandler.enable()
+        {before}
         for line in open("/proc/self/maps"):
             if line.rstrip().endswith("[heap]"):
                 lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
         w = memwatch.Watch(lo, hi - lo, backend="mprotect")
+        {after}
         junk = [bytearray(1000) for _ in range(200)]
         n = len(w.dirty(reset=True))
         w.close()

@@ -124,7 +124,7 @@ def test_completed_write_is_in_the_next_report_under_signals() -> None:
         w = memwatch.Watch(m, backend="uffd")
         late = calls = 0
         t0 = time.time()
-        while time.time() - t0 < 3:
+        while time.time() - t0 < 2:
             p = calls % 64
             m[p * 4096] = 1
             calls += 1
@@ -298,3 +298,54 @@ def test_handler_failure_fails_loudly_instead_of_hanging_writers() -> None:
     assert r.returncode == 0, describe(r)
     assert "write done" in r.stdout and "scan True True" in r.stdout, describe(r)
     assert "detached" in r.stdout, describe(r)
+
+
+@pytest.mark.parametrize("backend", BITMAP_AND_SCAN)
+def test_madv_dontneed_zeroing_counts_as_a_write(backend: str) -> None:
+    # W9: MADV_DONTNEED replaces a page's contents with zeros.  pagemap_scan
+    # reports the page; uffd now does too (UFFD_FEATURE_EVENT_REMOVE).
+    # mprotect cannot: the kernel zaps a PROT_READ page without a fault -- a
+    # limit of the mechanism, pinned here (the write that follows is seen).
+    m = mmap.mmap(-1, 4 * PS, flags=mmap.MAP_PRIVATE)
+    m[PS] = 7
+    with memwatch.Watch(m, backend=backend) as w:
+        m.madvise(mmap.MADV_DONTNEED, PS, PS)
+        assert m[PS] == 0
+        got = list(w.dirty(reset=True))
+        if backend == "mprotect":
+            assert got == []
+        else:
+            assert got == [PS]
+        m[PS] = 1
+        assert list(w.dirty()) == [PS]
+    m.close()
+
+
+@needs_uffd
+def test_madvise_racing_with_detach_never_hangs() -> None:
+    # With EVENT_REMOVE a madvise(MADV_DONTNEED) on the range waits until the
+    # handler thread has read its event; detach() must answer every queued
+    # event before the thread stops, or that madvise would wait forever.
+    r = run_py(
+        """
+        import mmap, threading, memwatch
+        PS = mmap.PAGESIZE
+        m = mmap.mmap(-1, 64 * PS, flags=mmap.MAP_PRIVATE)
+        stop = False
+        def zapper():
+            i = 0
+            while not stop:
+                m[(i % 64) * PS] = 1
+                m.madvise(mmap.MADV_DONTNEED, (i % 64) * PS, PS)
+                i += 1
+        t = threading.Thread(target=zapper); t.start()
+        for k in range(100):
+            w = memwatch.Watch(m, backend="uffd")
+            w.dirty(reset=True)
+            w.close()
+        stop = True; t.join()
+        print("ok")
+        """,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, describe(r)
