@@ -140,6 +140,32 @@ py::class_<T> bind_tracker(py::module_ &m, const char *name, const memwatch::Cap
                 t.reset(start, length);
             },
             py::arg("start"), py::arg("length"), "Reset the written state of the range.")
+        .def(
+            "scan_shared",
+            [](T &t, std::int64_t start, std::int64_t length, const py::object &out, bool reset) {
+                U64Buffer buf(out, "out");
+                py::gil_scoped_release nogil;
+                return t.scan_shared(start, length, buf.data(), buf.size(), reset);
+            },
+            py::arg("start"), py::arg("length"), py::arg("out"), py::arg("reset") = false,
+            "scan() for memwatch's overlap registry: works while the tracker is shared.")
+        .def(
+            "reset_shared",
+            [](T &t, std::int64_t start, std::int64_t length) {
+                py::gil_scoped_release nogil;
+                t.reset_shared(start, length);
+            },
+            py::arg("start"), py::arg("length"),
+            "reset() for memwatch's overlap registry: works while the tracker is shared.")
+        .def(
+            "set_shared",
+            [](T &t, bool shared) {
+                py::gil_scoped_release nogil;
+                t.set_shared(shared);
+            },
+            py::arg("shared"),
+            "While shared, scan() and reset() raise TrackerShared (the overlap registry "
+            "then uses scan_shared/reset_shared). Returns once no scan()/reset() is in flight.")
         .def_property_readonly("name", [cp](const T &) { return std::string(cp->name); })
         .def_property_readonly("page_size",
                                [](const T &) { return memwatch::page_size(); })
@@ -176,6 +202,7 @@ void translate_system_error(std::exception_ptr p) {
 PYBIND11_MODULE(_memwatch, m) {
     m.doc() = "memwatch C++ extension: page write-tracking mechanisms (see SPEC.md).";
     py::register_exception_translator(&translate_system_error);
+    py::register_exception<memwatch::TrackerShared>(m, "TrackerShared", PyExc_RuntimeError);
 
     m.attr("PIDFD_SELF") = MEMWATCH_PIDFD_SELF;
     m.attr("NR_PROCESS_MEMWATCH") = memwatch::uapi::NR_process_memwatch;

@@ -14,12 +14,20 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 
 #include <sys/types.h>
 
 #include "mechanism.hpp"
 
 namespace memwatch {
+
+// Thrown by Tracker::scan()/reset() while the tracker is shared (bound as
+// _memwatch.TrackerShared): the caller's fast path must go through the
+// registry (memwatch/_registry.py) instead.
+struct TrackerShared : std::logic_error {
+    using std::logic_error::logic_error;
+};
 
 class Tracker {
 public:
@@ -37,6 +45,16 @@ public:
                      bool reset);
     void reset(std::int64_t start, std::int64_t length);
 
+    // Overlapping watches (memwatch/_registry.py) share one tracker per
+    // registered segment.  set_shared(true) takes the mutex, so when it
+    // returns no scan()/reset() is in flight, and from then on both throw
+    // TrackerShared: a Watch's direct fast path can never consume writes
+    // another Watch must see.  The registry uses the *_shared variants.
+    void set_shared(bool shared);
+    std::size_t scan_shared(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                            std::size_t cap, bool reset);
+    void reset_shared(std::int64_t start, std::int64_t length);
+
     const Caps &caps() const noexcept { return caps_; }
     bool attached() const;
     std::uintptr_t start() const;
@@ -52,7 +70,12 @@ private:
     std::unique_ptr<Mechanism> mech_;
     const Caps &caps_;
     mutable std::mutex mu_;
+    std::size_t scan_locked(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                            std::size_t cap, bool reset);
+    void reset_locked(std::int64_t start, std::int64_t length);
+
     bool attached_ = false;
+    bool shared_ = false;
     pid_t owner_ = 0;  // getpid() at the first attach(); 0 before it
     std::uintptr_t start_ = 0;
     std::size_t len_ = 0;
