@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from . import _memwatch, _probes
 from ._common import UnsupportedError
@@ -41,18 +41,57 @@ class Tracker(Protocol):
 
     def reset(self, start: int, length: int, /) -> None: ...
 
+    # Used by memwatch/_registry.py when overlapping Watches share a tracker.
+    def scan_shared(self, start: int, length: int, out: Buffer, reset: bool = ..., /) -> int: ...
+
+    def reset_shared(self, start: int, length: int, /) -> None: ...
+
+    def set_shared(self, shared: bool, /) -> None: ...
+
+
+# What a tracker constructor may need: the target's pid and a pidfd for it
+# (PIDFD_SELF for this process); each _Spec picks its arguments.
+def _no_args(pid: int, pidfd: int) -> tuple[object, ...]:
+    return ()
+
+
+# The syscall backend passes MEMWATCH_SD_NO_REUSED_REGIONS on every call.
+# Without it, a VMA flagged VM_SOFTDIRTY reads as dirty in full, and the kernel
+# sets that flag on any VMA that a new mapping merges into: an unrelated mmap
+# next to the watched range (the interpreter's allocator does this all the
+# time) would make every watched page "written".  With it only per-page state
+# counts, and process_memwatch v2 still never misses a write: a PTE that is
+# writable is reported dirty, so a page made writable without a fault (e.g.
+# mprotect inside a VM_SOFTDIRTY VMA) is reported rather than lost.  What it
+# gives up -- reporting a region replaced under the Watch (munmap + mmap) as
+# new even where nothing wrote to it -- is outside what a Watch promises: the
+# uffd-based backends lose their registration in that case anyway.
+_SYSCALL_NO_REUSED_REGIONS: Final = True
+
+
+def _syscall_args(pid: int, pidfd: int) -> tuple[object, ...]:
+    return (pidfd, _SYSCALL_NO_REUSED_REGIONS)
+
+
+def _softdirty_args(pid: int, pidfd: int) -> tuple[object, ...]:
+    return (pid,)
+
 
 class _Spec(NamedTuple):
     name: str
     cls: Callable[..., Tracker]
     probe: Callable[[], tuple[bool, str, int]]
+    # (pid, pidfd) -> the constructor's arguments.
+    args: Callable[[int, int], tuple[object, ...]] = _no_args
 
 
 # Priority order: the order backend="auto" tries them in.
 _SPECS: tuple[_Spec, ...] = (
-    _Spec("syscall", _memwatch.SyscallTracker, _memwatch.syscall_available),
+    _Spec("syscall", _memwatch.SyscallTracker, _memwatch.syscall_available, _syscall_args),
     _Spec("pagemap_scan", _memwatch.PagemapScanTracker, _memwatch.pagemap_scan_available),
-    _Spec("softdirty", _memwatch.SoftDirtyTracker, _memwatch.softdirty_available),
+    _Spec(
+        "softdirty", _memwatch.SoftDirtyTracker, _memwatch.softdirty_available, _softdirty_args
+    ),
     _Spec("uffd", _memwatch.UffdTracker, _memwatch.uffd_available),
     _Spec("mprotect", _memwatch.MprotectTracker, _memwatch.mprotect_available),
 )
@@ -128,13 +167,25 @@ def tracker_class(name: str) -> Callable[..., Tracker]:
     return _BY_NAME[name].cls
 
 
+def new_tracker(name: str, *, pid: int, pidfd: int) -> Tracker:
+    """A detached tracker of backend *name* for process *pid* (*pidfd*)."""
+    spec = _BY_NAME[name]
+    return spec.cls(*spec.args(pid, pidfd))
+
+
 def choose(
-    requested: str, *, remote: bool = False, partial_reset: bool = False
+    requested: str,
+    *,
+    remote: bool = False,
+    partial_reset: bool = False,
+    skip: Mapping[str, str] | None = None,
 ) -> Backend:
     """The backend to use for *requested* (a name or ``"auto"``).
 
-    Raises ValueError for an unknown name and UnsupportedError, naming what
-    is missing, when no backend (or not the named one) can do what is asked.
+    *skip* maps backends already ruled out (e.g. by an overlapping Watch) to
+    the reason.  Raises ValueError for an unknown name and UnsupportedError,
+    naming what is missing, when no backend (or not the named one) can do
+    what is asked.
     """
     if requested != "auto" and requested not in _BY_NAME:
         raise ValueError(
@@ -152,7 +203,9 @@ def choose(
     )
     reasons: dict[str, str] = {}
     for b in candidates:
-        if remote and not b.remote:
+        if skip and b.name in skip:
+            reasons[b.name] = skip[b.name]
+        elif remote and not b.remote:
             reasons[b.name] = "cannot watch another process"
         elif partial_reset and not b.partial_reset:
             reasons[b.name] = (

@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _backends, _common, _memwatch
+from . import _backends, _common, _memwatch, _registry
 from ._common import PidFd, UnsupportedError, _pid_of_pidfd
 
 if TYPE_CHECKING:
@@ -31,19 +31,6 @@ _PIDFD_SELF: Final[int] = _memwatch.PIDFD_SELF
 # (512 KiB); backends without partial reset get one entry per page instead,
 # so that a scan with reset always completes in one call.
 _MAX_CHUNK: Final = 1 << 16
-
-# The syscall backend passes MEMWATCH_SD_NO_REUSED_REGIONS on every call.
-# Without it, a VMA flagged VM_SOFTDIRTY reads as dirty in full, and the kernel
-# sets that flag on any VMA that a new mapping merges into: an unrelated mmap
-# next to the watched range (the interpreter's allocator does this all the
-# time) would make every watched page "written".  With it only per-page state
-# counts, and process_memwatch v2 still never misses a write: a PTE that is
-# writable is reported dirty, so a page made writable without a fault (e.g.
-# mprotect inside a VM_SOFTDIRTY VMA) is reported rather than lost.  What it
-# gives up -- reporting a region replaced under the Watch (munmap + mmap) as
-# new even where nothing wrote to it -- is outside what a Watch promises: the
-# uffd-based backends lose their registration in that case anyway.
-_SYSCALL_NO_REUSED_REGIONS: Final = True
 
 _USER_TOP: Final = 1 << 63
 
@@ -196,13 +183,6 @@ def _int_arg(name: str, value: object) -> int:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
 
 
-# Which backends are in use by live softdirty watches, per pid: a softdirty
-# reset clears the whole process, so two such watches would erase each
-# other's state.
-_softdirty_pids: dict[int, int] = {}
-_softdirty_lock = threading.Lock()
-
-
 def _closed_scan(start: int, length: int, out: Any, reset: bool) -> int:
     raise ValueError("operation on a closed Watch")
 
@@ -212,9 +192,13 @@ _live: weakref.WeakSet[Watch] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    # Takes no lock another thread of the parent may have held at fork():
+    # the registry recreates its locks and forgets the parent's trackers
+    # (never destroying them here), then each Watch is marked closed.
+    _registry.after_fork_in_child()
     for watch in list(_live):
         with contextlib.suppress(Exception):
-            watch._teardown()
+            watch._forget_after_fork()
     _live.clear()
 
 
@@ -273,31 +257,22 @@ class Watch:
     __slots__ = (
         "__weakref__",
         "_address",
+        "_backend",
         "_buf",
         "_buf_lock",
         "_cap",
+        "_direct_ok",
         "_export",
         "_length",
+        "_member",
         "_npages",
         "_partial",
+        "_pid",
         "_proc",
         "_scan",
-        "_softdirty_pid",
+        "_target_offset",
         "_tracker",
-        "address",
-        "backend",
-        "length",
-        "page_size",
-        "pid",
-        "target_offset",
     )
-
-    backend: str
-    page_size: int
-    address: int
-    length: int
-    target_offset: int
-    pid: int | None
 
     def __init__(
         self,
@@ -308,10 +283,12 @@ class Watch:
         backend: str = "auto",
     ) -> None:
         self._scan: _ScanFn = _closed_scan
+        # The tracker to call directly while this Watch is alone on its
+        # pages (the fast path), else None; see memwatch/_registry.py.
         self._tracker: Tracker | None = None
+        self._member: _registry.Member | None = None
         self._export: memoryview | None = None
         self._proc: _Process | None = None
-        self._softdirty_pid: int | None = None
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, not {type(backend).__name__}")
         try:
@@ -352,75 +329,90 @@ class Watch:
 
         self._proc = _resolve_process(pid)
         remote = self._proc is not None
-        chosen = _backends.choose(backend, remote=remote)
-
         start = begin - begin % page
         end = -(-(begin + nbytes) // page) * page
-        self.address = start
-        self.length = end - start
-        self.target_offset = begin - start
-        self.page_size = page
-        self.backend = chosen.name
-        self.pid = self._proc.pid if self._proc is not None else None
         self._address = start
         self._length = end - start
+        self._target_offset = begin - start
+        self._pid = self._proc.pid if self._proc is not None else None
         self._npages = self._length // page
-        self._partial = chosen.partial_reset
-
         target_pid = self._proc.pid if self._proc is not None else os.getpid()
-        if chosen.name == "softdirty":
-            with _softdirty_lock:
-                if _softdirty_pids.get(target_pid):
-                    raise UnsupportedError(
-                        "another softdirty Watch is open on process "
-                        f"{target_pid}: a softdirty reset clears the soft-dirty "
-                        "state of the whole process, so two would erase each "
-                        "other's writes; close it or use another backend",
-                        requirement="a second softdirty Watch",
-                        reasons={"softdirty": "one Watch per process"},
-                    )
-                _softdirty_pids[target_pid] = 1
-                self._softdirty_pid = target_pid
+        pidfd = self._proc.pidfd if self._proc is not None else _PIDFD_SELF
 
-        if is_address and not chosen.remote:
-            # The backends that register or protect the range need all of it
-            # mapped (the page-table readers, syscall and softdirty, see a
-            # hole as clean).  Checked before anything is allocated or
-            # protected: a bitmap for a 1 TiB typo, a PROT_READ prefix.
-            hole = _common.unmapped_part(None, start, self._length)
-            if hole is not None:
-                raise _common.range_error(start, self._length, None, hole)
-
-        cls = _backends.tracker_class(chosen.name)
-        try:
-            if chosen.name == "syscall":
-                pidfd = self._proc.pidfd if self._proc is not None else _PIDFD_SELF
-                tracker = cls(pidfd, _SYSCALL_NO_REUSED_REGIONS)
-            elif chosen.name == "softdirty":
-                tracker = cls(target_pid)
+        # Overlap with other Watches of the same target is the registry's
+        # business: it refuses a mechanism whose state another mechanism
+        # already holds on these pages (Conflict), and "auto" then moves on.
+        skipped: dict[str, str] = {}
+        while True:
+            chosen = _backends.choose(backend, remote=remote, skip=skipped)
+            if is_address and not chosen.remote:
+                # The backends that register or protect the range need all
+                # of it mapped (the page-table readers, syscall and
+                # softdirty, see a hole as clean).  Checked before anything is
+                # allocated or protected: a bitmap for a 1 TiB typo, a
+                # PROT_READ prefix.
+                hole = _common.unmapped_part(None, start, end - start)
+                if hole is not None:
+                    raise _common.range_error(start, end - start, None, hole)
+            self._backend = chosen.name
+            self._partial = chosen.partial_reset
+            self._direct_ok = self._partial and self._proc is None
+            if self._partial:
+                self._cap = min(self._npages, _MAX_CHUNK)
             else:
-                tracker = cls()
-            if self._proc is not None:
-                # The tracker may have opened /proc/PID/...: make sure PID was
-                # still our process when it did.
-                self._proc.check_alive()
-            tracker.attach(start, self._length)
-        except OSError as err:
-            raise self._translate(err) from err
-        self._tracker = tracker
+                self._cap = self._npages
+            self._buf = array("Q", bytes(8 * self._cap))
+            self._buf_lock = threading.Lock()
+            name = chosen.name
 
-        if self._partial:
-            self._cap = min(self._npages, _MAX_CHUNK)
-        else:
-            self._cap = self._npages
-        self._buf = array("Q", bytes(8 * self._cap))
-        self._buf_lock = threading.Lock()
-        if self._partial and self._proc is None:
-            self._scan = tracker.scan
-        else:
-            self._scan = self._checked_scan
+            def make(name: str = name) -> Tracker:
+                tracker = _backends.new_tracker(name, pid=target_pid, pidfd=pidfd)
+                if self._proc is not None:
+                    # The tracker may have opened /proc/PID/...: make sure PID
+                    # was still our process when it did.
+                    self._proc.check_alive()
+                return tracker
+
+            try:
+                self._member = _registry.join(
+                    target_pid, name, start, end, make, self._mode_setter()
+                )
+            except _registry.Conflict as conflict:
+                if backend != "auto":
+                    raise UnsupportedError(
+                        f"backend {name!r} cannot watch {start:#x}+{end - start:#x} "
+                        f"here: {conflict}",
+                        requirement="watch pages another Watch holds",
+                        reasons={name: str(conflict)},
+                    ) from None
+                skipped[name] = str(conflict)
+                continue
+            except OSError as err:
+                raise self._translate(err) from err
+            break
         self._reset_range(start, self._length)
         _live.add(self)
+
+    def _mode_setter(self) -> Callable[[Tracker | None], None]:
+        ref = weakref.ref(self)
+
+        def set_mode(direct: Tracker | None) -> None:
+            watch = ref()
+            if watch is not None:
+                watch._set_mode(direct)
+
+        return set_mode
+
+    def _set_mode(self, direct: Tracker | None) -> None:
+        """Called by the registry (its lock held) when this Watch becomes
+        alone on its pages (*direct* is its tracker) or shares them (None)."""
+        self._tracker = direct
+        if direct is None:
+            self._scan = self._shared_scan
+        elif self._direct_ok:
+            self._scan = direct.scan
+        else:
+            self._scan = self._checked_scan
 
     # -- internals ---------------------------------------------------------
 
@@ -467,15 +459,25 @@ class Watch:
                     f"fill before the end of the {self._npages}-page range"
                 )
         tracker = self._tracker
-        if tracker is None:
+        if self._member is None:
             raise ValueError("operation on a closed Watch")
         try:
-            n = tracker.scan(start, length, out, reset)
+            if tracker is None:
+                n = self._member.scan(start, length, out, reset)
+            else:
+                n = tracker.scan(start, length, out, reset)
+        except _memwatch.TrackerShared:
+            return self._scan(start, length, out, reset)
         except OSError as err:
             raise self._translate(err) from err
         if self._proc is not None:
             self._proc.check_alive()
         return n
+
+    def _shared_scan(self, start: int, length: int, out: Buffer, reset: bool) -> int:
+        """scan() while other Watches share some of this Watch's pages."""
+        _out_capacity(out)  # the backend's TypeError, before anything is reset
+        return self._checked_scan(start, length, out, reset)
 
     def _partial_error(self, what: str) -> UnsupportedError:
         return UnsupportedError(
@@ -491,11 +493,18 @@ class Watch:
             start != self._address or length != self._length
         ):
             raise self._partial_error("reset part of the watched range")
-        tracker = self._tracker
-        if tracker is None:
+        member = self._member
+        if member is None:
             raise ValueError("operation on a closed Watch")
+        tracker = self._tracker
         try:
-            tracker.reset(start, length)
+            if tracker is None:
+                member.reset(start, length)
+            else:
+                try:
+                    tracker.reset(start, length)
+                except _memwatch.TrackerShared:
+                    member.reset(start, length)
         except OSError as err:
             raise self._translate(err) from err
         if self._proc is not None:
@@ -503,7 +512,7 @@ class Watch:
 
     def _narrow(self, start: object, length: object) -> tuple[int, int]:
         """Validate a (start, length) query; return (offset, bytes)."""
-        if self._tracker is None:
+        if self._member is None:
             raise ValueError("operation on a closed Watch")
         start = _int_arg("start", start)
         if start < 0 or start > self._length:
@@ -528,36 +537,71 @@ class Watch:
 
     def _teardown(self) -> None:
         self._scan = _closed_scan
-        tracker, self._tracker = self._tracker, None
+        self._tracker = None
+        member, self._member = self._member, None
         try:
-            if tracker is not None:
-                # In a fork() child this only forgets the parent's
-                # registration: the C++ Tracker knows which process owns it.
-                tracker.detach()
+            if member is not None:
+                member.leave()
         finally:
-            if self._softdirty_pid is not None:
-                with _softdirty_lock:
-                    _softdirty_pids.pop(self._softdirty_pid, None)
-                self._softdirty_pid = None
-            if self._export is not None:
-                self._export.release()
-                self._export = None
-            if self._proc is not None:
-                self._proc.close()
-                self._proc = None
+            self._release()
+
+    def _forget_after_fork(self) -> None:
+        """In a fork() child: closed, without touching any registration."""
+        self._scan = _closed_scan
+        self._tracker = None
+        self._member = None
+        self._buf_lock = threading.Lock()
+        self._release()
+
+    def _release(self) -> None:
+        if self._export is not None:
+            self._export.release()
+            self._export = None
+        if self._proc is not None:
+            self._proc.close()
+            self._proc = None
 
     # -- public API --------------------------------------------------------
 
     @property
     def closed(self) -> bool:
-        return self._tracker is None
+        return self._member is None
+
+    @property
+    def address(self) -> int:
+        """The watched range's start: the target's first page boundary."""
+        return self._address
+
+    @property
+    def length(self) -> int:
+        """The watched range's length in bytes (whole pages)."""
+        return self._length
+
+    @property
+    def backend(self) -> str:
+        """The mechanism in use (``"pagemap_scan"``, ...)."""
+        return self._backend
+
+    @property
+    def page_size(self) -> int:
+        return PAGE_SIZE
+
+    @property
+    def pid(self) -> int | None:
+        """The watched process, or None for this one."""
+        return self._pid
+
+    @property
+    def target_offset(self) -> int:
+        """Where the target begins, in bytes from :attr:`address`."""
+        return self._target_offset
 
     def close(self) -> None:
         """Stop watching: undo every registration and protection; idempotent."""
         self._teardown()
 
     def __enter__(self) -> Self:
-        if self._tracker is None:
+        if self._member is None:
             raise ValueError("operation on a closed Watch")
         return self
 
@@ -570,7 +614,7 @@ class Watch:
             self._teardown()
 
     def __repr__(self) -> str:
-        state = "closed" if self._tracker is None else "open"
+        state = "closed" if self._member is None else "open"
         where = "" if self.pid is None else f" pid={self.pid}"
         try:
             return (
@@ -601,9 +645,15 @@ class Watch:
         """
         try:
             if start == 0 and length is None:
-                return self._scan(self._address, self._length, out, reset)
+                try:
+                    return self._scan(self._address, self._length, out, reset)
+                except _memwatch.TrackerShared:  # another Watch joined meanwhile
+                    return self._scan(self._address, self._length, out, reset)
             begin, nbytes = self._narrow(start, length)
-            n = self._scan(self._address + begin, nbytes, out, reset)
+            try:
+                n = self._scan(self._address + begin, nbytes, out, reset)
+            except _memwatch.TrackerShared:
+                n = self._scan(self._address + begin, nbytes, out, reset)
         except OSError as err:  # zero cost unless raised (3.11+)
             raise self._translate(err) from err
         if begin and n:
@@ -621,7 +671,7 @@ class Watch:
         short: it loops until the whole (narrowed) range has been scanned.
         """
         if start == 0 and length is None:
-            if self._tracker is None:
+            if self._member is None:
                 raise ValueError("operation on a closed Watch")
             base, nbytes = 0, self._length
         else:
@@ -636,13 +686,18 @@ class Watch:
         return self._collect(array("Q", bytes(8 * self._cap)), base, nbytes, reset)
 
     def _collect(self, buf: array[int], base: int, nbytes: int, reset: bool) -> array[int]:
-        scan = self._scan
         cap = self._cap
         result: array[int] | None = None
         address = self._address
         while True:
             try:
-                n = scan(address + base, nbytes, buf, reset) if nbytes else 0
+                if nbytes:
+                    try:
+                        n = self._scan(address + base, nbytes, buf, reset)
+                    except _memwatch.TrackerShared:  # another Watch joined meanwhile
+                        n = self._scan(address + base, nbytes, buf, reset)
+                else:
+                    n = 0
             except OSError as err:
                 raise self._translate(err) from err
             if base:
@@ -668,7 +723,7 @@ class Watch:
         but the whole watched range with UnsupportedError.
         """
         if start == 0 and length is None:
-            if self._tracker is None:
+            if self._member is None:
                 raise ValueError("operation on a closed Watch")
             self._reset_range(self._address, self._length)
             return

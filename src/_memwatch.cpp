@@ -359,6 +359,35 @@ py::class_<T, Holder<T>> bind_tracker(py::module_ &m, const char *name,
                 without_gil([&] { t.reset(r.first, r.second); });
             },
             py::arg("start"), py::arg("length"), "Reset the written state of the range.")
+        .def(
+            "scan_shared",
+            [](T &t, const py::handle &start, const py::handle &length, const py::handle &out,
+               const py::handle &reset) {
+                const auto r = range_args(start, length);
+                const bool rs = bool_arg(reset, "reset");
+                U64Buffer buf(out, "out");
+                return without_gil(
+                    [&] { return t.scan_shared(r.first, r.second, buf.data(), buf.size(), rs); });
+            },
+            py::arg("start"), py::arg("length"), py::arg("out"), py::arg("reset") = py::bool_(false),
+            "scan() for memwatch's overlap registry: works while the tracker is shared.")
+        .def(
+            "reset_shared",
+            [](T &t, const py::handle &start, const py::handle &length) {
+                const auto r = range_args(start, length);
+                without_gil([&] { t.reset_shared(r.first, r.second); });
+            },
+            py::arg("start"), py::arg("length"),
+            "reset() for memwatch's overlap registry: works while the tracker is shared.")
+        .def(
+            "set_shared",
+            [](T &t, const py::handle &shared) {
+                const bool s = bool_arg(shared, "shared");
+                without_gil([&] { t.set_shared(s); });
+            },
+            py::arg("shared"),
+            "While shared, scan() and reset() raise TrackerShared (the overlap registry "
+            "then uses scan_shared/reset_shared). Returns once no scan()/reset() is in flight.")
         .def_property_readonly("name", [cp](const T &) { return std::string(cp->name); })
         .def_property_readonly("page_size",
                                [](const T &) { return memwatch::page_size(); })
@@ -416,6 +445,7 @@ PYBIND11_MODULE(_memwatch, m) {
                         .attr("main_thread")()
                         .attr("ident")
                         .cast<unsigned long>();
+    py::register_exception<memwatch::TrackerShared>(m, "TrackerShared", PyExc_RuntimeError);
 
     m.attr("PIDFD_SELF") = MEMWATCH_PIDFD_SELF;
     m.attr("NR_PROCESS_MEMWATCH") = memwatch::uapi::NR_process_memwatch;

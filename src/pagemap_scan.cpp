@@ -28,6 +28,13 @@ const Caps pagemap_scan_caps = {"pagemap_scan", /*remote=*/false, /*partial_rese
 namespace {
 
 constexpr std::uint64_t kFeatures = uapi::UFFD_FEATURE_WP_ASYNC | uapi::UFFD_FEATURE_WP_UNPOPULATED;
+// A page that has a PTE (or PMD): present or swapped.  Everything else in a
+// registered VMA -- page-table holes and pte_none entries -- counts as
+// PAGE_IS_WRITTEN for PAGEMAP_SCAN (6.7+: "a missing marker means the range
+// was zapped"), and PM_SCAN_WP_MATCHING would then allocate page tables to
+// hold markers for all of it.  Requiring one of these categories keeps every
+// walk to the page tables that exist.
+constexpr std::uint64_t kPopulated = uapi::PAGE_IS_PRESENT | uapi::PAGE_IS_SWAPPED;
 // Region array size cap: 24 bytes each, so at most 96 KiB per tracker.
 constexpr std::size_t kMaxRegions = 4096;
 
@@ -47,11 +54,11 @@ public:
         nregions_ = std::min(pages_in(len), kMaxRegions);
         regions_.reset(new uapi::page_region[nregions_]);
         uffd_register_wp(uffd_.get(), start, len);
-        // A new watch starts clean: protect everything (WP_UNPOPULATED puts
-        // markers on pages never touched, so their first write is seen).
-        if (const int err = uffd_writeprotect(uffd_.get(), start, len, true)) {
+        // A new watch starts clean.  Only what is populated is protected:
+        // see protect_populated() for why the holes need nothing.
+        if (const int err = protect_populated(start, len)) {
             uffd_unregister(uffd_.get(), start, len);
-            throw_errno(err, "UFFDIO_WRITEPROTECT");
+            throw_errno(err, "PAGEMAP_SCAN");
         }
         start_ = start;
         len_ = len;
@@ -75,7 +82,10 @@ public:
         arg.end = end;
         arg.vec = reinterpret_cast<std::uintptr_t>(regions_.get());
         arg.vec_len = nregions_;
-        arg.category_mask = uapi::PAGE_IS_WRITTEN;
+        // Written, populated and not the zero page (see protect_populated()).
+        arg.category_inverted = uapi::PAGE_IS_PFNZERO;
+        arg.category_mask = uapi::PAGE_IS_WRITTEN | uapi::PAGE_IS_PFNZERO;
+        arg.category_anyof_mask = kPopulated;
         arg.return_mask = uapi::PAGE_IS_WRITTEN;
         std::size_t n = 0;
         std::uint64_t cur = start;
@@ -121,12 +131,55 @@ public:
     }
 
     void reset(std::uintptr_t start, std::size_t len) override {
-        if (const int err = uffd_writeprotect(uffd_.get(), start, len, true)) {
-            throw_errno(err, "UFFDIO_WRITEPROTECT");
+        if (const int err = protect_populated(start, len)) {
+            throw_errno(err, err == EPERM ? "PAGEMAP_SCAN: part of the range is not "
+                                            "registered for write-protection any more "
+                                            "(unmapped and mapped again?): detach and "
+                                            "attach again"
+                                          : "PAGEMAP_SCAN");
         }
     }
 
 private:
+    // Write-protect what is populated in [start, start+len): one PAGEMAP_SCAN
+    // walk with PM_SCAN_WP_MATCHING, no output vector and kPopulated.  The
+    // kernel runs its "exclusive WP" fast path over every PTE table that
+    // exists (present and swapped PTEs get the uffd-wp bit, pte_none entries
+    // inside such a table a marker) and, because a hole is not kPopulated,
+    // never allocates a table for a hole.  UFFDIO_WRITEPROTECT with
+    // WP_UNPOPULATED (what attach did before) puts markers into freshly
+    // allocated tables over the whole range instead: 2 MiB of page tables per
+    // GiB watched, 2 GiB and seconds for a 1 TiB reservation, and every
+    // later scan walks them all.
+    //
+    // No write into a hole is lost: a PTE made by a fault where there was
+    // neither a PTE nor a marker never has the uffd-wp bit (do_anonymous_page
+    // and the file fault paths only copy it from a marker), so it reads as
+    // PRESENT | WRITTEN.  A read fault on such a hole maps the shared zero
+    // page, also unprotected: scan() masks PAGE_IS_PFNZERO out, since the zero
+    // page holds nothing written (writing it copies it into a fresh,
+    // unprotected page, which is reported).  What this gives up, all
+    // documented: (a) a read fault on a table-less hole of a file-backed or
+    // shared mapping maps a page-cache page unprotected, a false positive
+    // until the next reset; (b) a first write into a table-less, 2 MiB
+    // aligned hole of a MADV_HUGEPAGE mapping can map a whole huge page
+    // unprotected, reporting its 512 base pages; (c) MADV_DONTNEED on an
+    // anonymous page leaves pte_none, which is not kPopulated: the zap itself
+    // is not reported (as with uffd and mprotect), nor a write made to the
+    // page before the zap and not yet collected -- the page's content no
+    // longer depends on that write.  Returns 0 or errno.
+    int protect_populated(std::uintptr_t start, std::size_t len) noexcept {
+        uapi::pm_scan_arg arg{};
+        arg.size = sizeof(arg);
+        arg.flags = uapi::PM_SCAN_WP_MATCHING | uapi::PM_SCAN_CHECK_WPASYNC;
+        arg.start = start;
+        arg.end = start + len;
+        arg.category_mask = uapi::PAGE_IS_WRITTEN;
+        arg.category_anyof_mask = kPopulated;
+        arg.return_mask = uapi::PAGE_IS_WRITTEN;
+        return ::ioctl(pagemap_.get(), uapi::PAGEMAP_SCAN, &arg) < 0 ? errno : 0;
+    }
+
     Fd pagemap_;
     Fd uffd_;
     std::unique_ptr<uapi::page_region[]> regions_;

@@ -133,6 +133,21 @@ std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t
                           std::size_t cap, bool reset) {
     refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
+    if (shared_) {
+        throw TrackerShared("tracker is shared by overlapping watches");
+    }
+    return scan_locked(start, length, out, cap, reset);
+}
+
+std::size_t Tracker::scan_shared(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                                 std::size_t cap, bool reset) {
+    refuse_if_foreign();
+    std::lock_guard<std::mutex> lk(mu_);
+    return scan_locked(start, length, out, cap, reset);
+}
+
+std::size_t Tracker::scan_locked(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                                 std::size_t cap, bool reset) {
     const std::size_t len = check_range(start, length);
     if (len == 0 || cap == 0) {
         return 0;  // nothing reported, hence nothing reset
@@ -143,11 +158,29 @@ std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t
 void Tracker::reset(std::int64_t start, std::int64_t length) {
     refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
+    if (shared_) {
+        throw TrackerShared("tracker is shared by overlapping watches");
+    }
+    reset_locked(start, length);
+}
+
+void Tracker::reset_shared(std::int64_t start, std::int64_t length) {
+    refuse_if_foreign();
+    std::lock_guard<std::mutex> lk(mu_);
+    reset_locked(start, length);
+}
+
+void Tracker::reset_locked(std::int64_t start, std::int64_t length) {
     const std::size_t len = check_range(start, length);
     if (len == 0) {
         return;
     }
     mech_->reset(static_cast<std::uintptr_t>(start), len);
+}
+
+void Tracker::set_shared(bool shared) {
+    std::lock_guard<std::mutex> lk(mu_);
+    shared_ = shared;
 }
 
 }  // namespace memwatch

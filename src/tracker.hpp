@@ -15,12 +15,20 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 
 #include <sys/types.h>
 
 #include "mechanism.hpp"
 
 namespace memwatch {
+
+// Thrown by Tracker::scan()/reset() while the tracker is shared (bound as
+// _memwatch.TrackerShared): the caller's fast path must go through the
+// registry (memwatch/_registry.py) instead.
+struct TrackerShared : std::logic_error {
+    using std::logic_error::logic_error;
+};
 
 class Tracker {
 public:
@@ -49,6 +57,15 @@ public:
     // fork() child), forget it -- leave its fds, threads and protections to
     // the parent -- and return true; otherwise do nothing and return false.
     bool forget_if_foreign() noexcept;
+    // Overlapping watches (memwatch/_registry.py) share one tracker per
+    // registered segment.  set_shared(true) takes the mutex, so when it
+    // returns no scan()/reset() is in flight, and from then on both throw
+    // TrackerShared: a Watch's direct fast path can never consume writes
+    // another Watch must see.  The registry uses the *_shared variants.
+    void set_shared(bool shared);
+    std::size_t scan_shared(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                            std::size_t cap, bool reset);
+    void reset_shared(std::int64_t start, std::int64_t length);
 
 private:
     // Checks [start, start+length) against the attached range (mutex held);
@@ -60,12 +77,17 @@ private:
 
     std::unique_ptr<Mechanism> mech_;
     mutable std::mutex mu_;
+    std::size_t scan_locked(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                            std::size_t cap, bool reset);
+    void reset_locked(std::int64_t start, std::int64_t length);
+
     // Written under mu_, read lock-free by the getters and forget_if_foreign().
     std::atomic<bool> attached_{false};
     std::atomic<bool> forgotten_{false};  // forget_if_foreign() released mech_
     std::atomic<pid_t> owner_{0};         // getpid() at the first attach(); 0 before it
     std::atomic<std::uintptr_t> start_{0};
     std::atomic<std::size_t> len_{0};
+    bool shared_ = false;  // under mu_
 };
 
 }  // namespace memwatch
