@@ -48,6 +48,8 @@ class Tracker(Protocol):
 
     def set_shared(self, shared: bool, /) -> None: ...
 
+    def forget_if_foreign(self) -> bool: ...
+
 
 # What a tracker constructor may need: the target's pid and a pidfd for it
 # (PIDFD_SELF for this process); each _Spec picks its arguments.
@@ -147,10 +149,7 @@ def _user_mode_only(name: str) -> bool:
     then cannot see writes made by the kernel)."""
     if name not in ("pagemap_scan", "uffd"):
         return False
-    # Branch pa adds _memwatch.uffd_user_mode_only(); until it is merged the
-    # class attribute (the best case) stands.
-    probe: Callable[[], bool] | None = getattr(_memwatch, "uffd_user_mode_only", None)
-    return bool(probe()) if probe is not None else False
+    return bool(_memwatch.uffd_user_mode_only())
 
 
 def _backend(name: str) -> Backend:

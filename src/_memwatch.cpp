@@ -4,11 +4,15 @@
 // (std::system_error -> OSError(errno), std::invalid_argument -> ValueError).
 #include <pybind11/pybind11.h>
 
+#include <cxxabi.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <system_error>
+#include <type_traits>
 
 #include "mechanism.hpp"
 #include "tracker.hpp"
@@ -72,7 +76,9 @@ private:
         return (f[0] == 'Q' || f[0] == 'q' || f[0] == 'L' || f[0] == 'l') && f[1] == '\0';
     }
     void release() noexcept {
-        if (held_) {
+        // Without the GIL only on a forced unwind (pthread_exit at
+        // interpreter exit, see without_gil): then leak the export.
+        if (held_ && PyGILState_Check()) {
             PyBuffer_Release(&view_);
             held_ = false;
         }
@@ -81,12 +87,109 @@ private:
     bool held_ = false;
 };
 
-py::tuple probe(memwatch::Probe (*fn)()) {
-    memwatch::Probe p;
-    {
-        py::gil_scoped_release nogil;
-        p = fn();
+// Is the interpreter finalizing (then a non-main thread that asks for the
+// GIL back is ended with pthread_exit on CPython < 3.14)?
+bool finalizing() noexcept {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing() != 0;
+#else
+    return _Py_IsFinalizing() != 0;
+#endif
+}
+
+unsigned long g_main_thread = 0;  // threading.main_thread().ident at import
+
+// Give the GIL back to a thread that ran without it.  Not a destructor (as
+// pybind11's gil_scoped_release is): CPython < 3.14 ends a daemon thread that
+// asks for the GIL during finalization with pthread_exit, whose forced
+// unwind must not pass a noexcept frame (std::terminate, SIGABRT).  Such a
+// thread is parked here instead, as CPython 3.14 does itself; if
+// finalization starts between the check and PyEval_RestoreThread, the
+// forced unwind propagates through plain frames only (U64Buffer then leaks
+// its export rather than release it without the GIL, and pybind11 rethrows
+// abi::__forced_unwind).
+void reacquire(PyThreadState *ts) {
+    if (finalizing() && PyThread_get_thread_ident() != g_main_thread) {
+        for (;;) {
+            ::pause();  // the process is exiting: never come back into Python
+        }
     }
+    PyEval_RestoreThread(ts);
+}
+
+// Run fn() with the GIL released; reacquire it in ordinary code.
+template <class F>
+auto without_gil(F &&fn) -> decltype(fn()) {
+    PyThreadState *ts = PyEval_SaveThread();
+    try {
+        if constexpr (std::is_void_v<decltype(fn())>) {
+            fn();
+            reacquire(ts);
+        } else {
+            auto r = fn();
+            reacquire(ts);
+            return r;
+        }
+    } catch (abi::__forced_unwind &) {
+        throw;  // the thread is being ended without the GIL: touch nothing
+    } catch (...) {
+        reacquire(ts);
+        throw;
+    }
+}
+
+// Trackers are destroyed with the GIL released: detach() may join the uffd
+// handler thread or wait for a signal handler to leave an mprotect slot.
+struct ReleaseGilDelete {
+    void operator()(Tracker *t) const noexcept {
+        if (PyGILState_Check() && !finalizing()) {
+            PyThreadState *ts = PyEval_SaveThread();
+            delete t;
+            PyEval_RestoreThread(ts);  // not finalizing: never pthread_exit
+        } else {
+            delete t;
+        }
+    }
+};
+
+// mprotect: faulthandler.enable()/disable() and signal.signal() replace the
+// SIGSEGV action, after which a watched write would be fatal.  Wrap them (once,
+// at the first MprotectTracker) so that our handler is put back on top right
+// after each call, chaining to whatever they installed.
+void guard_signal_apis() {
+    static bool done = false;
+    if (done) {
+        return;
+    }
+    done = true;
+    auto wrap = [](const char *modname, const char *fname, bool faulthandler_disable) {
+        py::module_ mod = py::module_::import(modname);
+        py::object orig = mod.attr(fname);
+        py::object is_enabled = py::none();
+        if (faulthandler_disable) {
+            is_enabled = mod.attr("is_enabled");
+        }
+        mod.attr(fname) = py::cpp_function(
+            [orig, is_enabled](py::args args, py::kwargs kwargs) {
+                const bool was = !is_enabled.is_none() && is_enabled().cast<bool>();
+                py::object r = orig(*args, **kwargs);
+                without_gil([was] {
+                    if (was) {
+                        memwatch::sigsegv_forget_top();  // its handler is gone: chain past it
+                    }
+                    memwatch::reinstall_sigsegv_handler();
+                });
+                return r;
+            },
+            py::name(fname), py::doc(py::str(orig.attr("__doc__")).cast<std::string>().c_str()));
+    };
+    wrap("faulthandler", "enable", false);
+    wrap("faulthandler", "disable", true);
+    wrap("signal", "signal", false);
+}
+
+py::tuple probe(memwatch::Probe (*fn)()) {
+    const memwatch::Probe p = without_gil([fn] { return fn(); });
     return py::make_tuple(p.ok, p.reason);
 }
 
@@ -102,32 +205,31 @@ using UffdTracker = Bound<3>;
 using MprotectTracker = Bound<4>;
 
 template <class T>
-py::class_<T> bind_tracker(py::module_ &m, const char *name, const memwatch::Caps &caps,
-                           const char *doc) {
-    py::class_<T> cls(m, name, doc);
+using Holder = std::unique_ptr<T, ReleaseGilDelete>;
+
+template <class T>
+py::class_<T, Holder<T>> bind_tracker(py::module_ &m, const char *name,
+                                      const memwatch::Caps &caps, const char *doc) {
+    py::class_<T, Holder<T>> cls(m, name, doc);
     const memwatch::Caps *cp = &caps;  // static storage
     cls.def(
            "attach",
            [](T &t, std::int64_t start, std::int64_t length) {
-               py::gil_scoped_release nogil;
-               t.attach(start, length);
+               without_gil([&] { t.attach(start, length); });
            },
            py::arg("start"), py::arg("length"),
            "Begin tracking [start, start+length) (start page aligned, length rounded up to "
            "pages). The range starts clean. ValueError if already attached.")
         .def(
             "detach",
-            [](T &t) {
-                py::gil_scoped_release nogil;
-                t.detach();
-            },
+            [](T &t) { without_gil([&] { t.detach(); }); },
             "Stop tracking and undo every registration/protection. Idempotent.")
         .def(
             "scan",
             [](T &t, std::int64_t start, std::int64_t length, const py::object &out, bool reset) {
                 U64Buffer buf(out, "out");
-                py::gil_scoped_release nogil;
-                return t.scan(start, length, buf.data(), buf.size(), reset);
+                return without_gil(
+                    [&] { return t.scan(start, length, buf.data(), buf.size(), reset); });
             },
             py::arg("start"), py::arg("length"), py::arg("out"), py::arg("reset") = false,
             "Write byte offsets (from start) of pages written in [start, start+length) into "
@@ -136,33 +238,28 @@ py::class_<T> bind_tracker(py::module_ &m, const char *name, const memwatch::Cap
         .def(
             "reset",
             [](T &t, std::int64_t start, std::int64_t length) {
-                py::gil_scoped_release nogil;
-                t.reset(start, length);
+                without_gil([&] { t.reset(start, length); });
             },
             py::arg("start"), py::arg("length"), "Reset the written state of the range.")
         .def(
             "scan_shared",
             [](T &t, std::int64_t start, std::int64_t length, const py::object &out, bool reset) {
                 U64Buffer buf(out, "out");
-                py::gil_scoped_release nogil;
-                return t.scan_shared(start, length, buf.data(), buf.size(), reset);
+                return without_gil(
+                    [&] { return t.scan_shared(start, length, buf.data(), buf.size(), reset); });
             },
             py::arg("start"), py::arg("length"), py::arg("out"), py::arg("reset") = false,
             "scan() for memwatch's overlap registry: works while the tracker is shared.")
         .def(
             "reset_shared",
             [](T &t, std::int64_t start, std::int64_t length) {
-                py::gil_scoped_release nogil;
-                t.reset_shared(start, length);
+                without_gil([&] { t.reset_shared(start, length); });
             },
             py::arg("start"), py::arg("length"),
             "reset() for memwatch's overlap registry: works while the tracker is shared.")
         .def(
             "set_shared",
-            [](T &t, bool shared) {
-                py::gil_scoped_release nogil;
-                t.set_shared(shared);
-            },
+            [](T &t, bool shared) { without_gil([&] { t.set_shared(shared); }); },
             py::arg("shared"),
             "While shared, scan() and reset() raise TrackerShared (the overlap registry "
             "then uses scan_shared/reset_shared). Returns once no scan()/reset() is in flight.")
@@ -171,7 +268,17 @@ py::class_<T> bind_tracker(py::module_ &m, const char *name, const memwatch::Cap
                                [](const T &) { return memwatch::page_size(); })
         .def_property_readonly("attached", [](const T &t) { return t.attached(); })
         .def_property_readonly("start", [](const T &t) { return t.start(); })
-        .def_property_readonly("length", [](const T &t) { return t.length(); });
+        .def_property_readonly("length", [](const T &t) { return t.length(); })
+        .def_property_readonly(
+            "user_mode_only", [](const T &t) { return t.user_mode_only(); },
+            "This tracker's userfaultfd fell back to UFFD_USER_MODE_ONLY.")
+        .def_property_readonly(
+            "sees_kernel_writes_now",
+            [cp](const T &t) { return cp->sees_kernel_writes && !t.user_mode_only(); },
+            "sees_kernel_writes for this instance (False when user_mode_only).")
+        .def("forget_if_foreign", [](T &t) { return t.forget_if_foreign(); },
+             "For an at-fork child hook (takes no lock): if a parent process attached this "
+             "tracker, forget it (leaving the parent's registration alone) and return True.");
     cls.attr("remote") = caps.remote;
     cls.attr("partial_reset") = caps.partial_reset;
     cls.attr("atomic") = caps.atomic;
@@ -200,9 +307,13 @@ void translate_system_error(std::exception_ptr p) {
 }  // namespace
 
 PYBIND11_MODULE(_memwatch, m) {
-    m.doc() = "memwatch C++ extension: page write-tracking mechanisms (see SPEC.md).";
+    m.doc() = "memwatch C++ extension: page write-tracking mechanisms (one tracker class per mechanism).";
     py::register_exception_translator(&translate_system_error);
     py::register_exception<memwatch::TrackerShared>(m, "TrackerShared", PyExc_RuntimeError);
+    g_main_thread = py::module_::import("threading")
+                        .attr("main_thread")()
+                        .attr("ident")
+                        .cast<unsigned long>();
 
     m.attr("PIDFD_SELF") = MEMWATCH_PIDFD_SELF;
     m.attr("NR_PROCESS_MEMWATCH") = memwatch::uapi::NR_process_memwatch;
@@ -267,11 +378,13 @@ PYBIND11_MODULE(_memwatch, m) {
             long r;
             int err;
             {
-                py::gil_scoped_release nogil;
-                r = memwatch::process_memwatch(pidfd, start, length, flags,
-                                               buf ? buf->data() : nullptr,
-                                               buf ? buf->size() : 0);
-                err = errno;
+                r = without_gil([&] {
+                    const long rr = memwatch::process_memwatch(pidfd, start, length, flags,
+                                                               buf ? buf->data() : nullptr,
+                                                               buf ? buf->size() : 0);
+                    err = errno;
+                    return rr;
+                });
             }
             if (r < 0) {
                 errno = err;
@@ -289,6 +402,10 @@ PYBIND11_MODULE(_memwatch, m) {
     m.def("pagemap_scan_available", [] { return probe(memwatch::pagemap_scan_probe); });
     m.def("softdirty_available", [] { return probe(memwatch::softdirty_probe); });
     m.def("uffd_available", [] { return probe(memwatch::uffd_probe); });
+    m.def(
+        "uffd_user_mode_only", [] { return without_gil([] { return memwatch::uffd_user_mode_only(); }); },
+        "Would a userfaultfd created now be user-mode-only (then uffd-based trackers do not see "
+        "kernel writes)?");
     m.def("mprotect_available", [] { return probe(memwatch::mprotect_probe); });
 
     bind_tracker<SyscallTracker>(
@@ -296,8 +413,7 @@ PYBIND11_MODULE(_memwatch, m) {
         "process_memwatch(2) on a pidfd (PIDFD_SELF for this process). The pidfd is borrowed: "
         "keep it open while the tracker lives. Needs the kernel built from linux/.")
         .def(py::init([](int pidfd, bool no_reused_regions) {
-                 return new SyscallTracker(memwatch::make_syscall(pidfd, no_reused_regions),
-                                           memwatch::syscall_caps);
+                 return new SyscallTracker(without_gil([&] { return memwatch::make_syscall(pidfd, no_reused_regions); }));
              }),
              py::arg("pidfd"), py::arg("no_reused_regions") = false);
     bind_tracker<PagemapScanTracker>(
@@ -306,8 +422,7 @@ PYBIND11_MODULE(_memwatch, m) {
         "Report+reset is one atomic kernel walk; kernel writes are seen. A range can be "
         "registered with one userfaultfd only (a second tracker on it: OSError EBUSY).")
         .def(py::init([] {
-            return new PagemapScanTracker(memwatch::make_pagemap_scan(),
-                                          memwatch::pagemap_scan_caps);
+            return new PagemapScanTracker(without_gil([&] { return memwatch::make_pagemap_scan(); }));
         }));
     bind_tracker<SoftDirtyTracker>(
         m, "SoftDirtyTracker", memwatch::softdirty_caps,
@@ -317,8 +432,7 @@ PYBIND11_MODULE(_memwatch, m) {
         "A reset scan whose dirty pages do not all fit into out raises ValueError without "
         "clearing. Needs CONFIG_MEM_SOFT_DIRTY.")
         .def(py::init([](int pid) {
-                 return new SoftDirtyTracker(memwatch::make_softdirty(pid),
-                                             memwatch::softdirty_caps);
+                 return new SoftDirtyTracker(without_gil([&] { return memwatch::make_softdirty(pid); }));
              }),
              py::arg("pid"));
     bind_tracker<UffdTracker>(
@@ -327,20 +441,29 @@ PYBIND11_MODULE(_memwatch, m) {
         "page blocks until the handler records it and lifts the protection. Kernel writes "
         "(read(2) into the range) are seen when the process may create a kernel-mode "
         "userfaultfd (root / CAP_SYS_PTRACE / vm.unprivileged_userfaultfd=1); otherwise they "
-        "fail with EFAULT. Rare false positive: two threads faulting on one page at once.")
+        "fail with EFAULT (see user_mode_only / sees_kernel_writes_now). The range is "
+        "registered MISSING|WP: pages populated after MADV_DONTNEED/MADV_FREE and never-touched "
+        "pages are tracked without UFFD_FEATURE_WP_UNPOPULATED (missing_mode). False positive: "
+        "a page may be reported in two rounds for one write under tight polling.")
         .def(py::init([] {
-            return new UffdTracker(memwatch::make_uffd(), memwatch::uffd_caps);
-        }));
+            return new UffdTracker(without_gil([&] { return memwatch::make_uffd(); }));
+        }))
+        .attr("missing_mode") = true;
     bind_tracker<MprotectTracker>(
         m, "MprotectTracker", memwatch::mprotect_caps,
         "mprotect(PROT_READ) + a process-wide SIGSEGV handler (chained to the previous one). "
         "sees_kernel_writes=False: a system call writing into a watched, clean page (read(2), "
         "readinto) fails with EFAULT instead of being tracked. detach() restores "
-        "PROT_READ|PROT_WRITE. The handler stays installed after the last detach (as a "
-        "pass-through that chains every fault it does not own) so that a write fault racing "
-        "with a detach is retried, not fatal. Do not toggle faulthandler while a range is "
-        "attached.")
+        "PROT_READ|PROT_WRITE (only plain rw, non-exec mappings are accepted: OSError "
+        "EACCES otherwise; a range with a hole: OSError ENOMEM, nothing changed). Overlapping "
+        "another attached MprotectTracker: OSError EBUSY. The handler stays installed after the "
+        "last detach (as a pass-through that chains every fault it does not own) so that a write "
+        "fault racing with a detach is retried, not fatal; faulthandler.enable()/disable() and "
+        "signal.signal() are wrapped to put it back on top. A SIGSEGV sent by kill(2) gets the "
+        "previous (or default) action. Past vm.max_map_count, the range degrades to false "
+        "positives.")
         .def(py::init([] {
-            return new MprotectTracker(memwatch::make_mprotect(), memwatch::mprotect_caps);
+            guard_signal_apis();
+            return new MprotectTracker(without_gil([&] { return memwatch::make_mprotect(); }));
         }));
 }

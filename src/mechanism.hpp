@@ -1,4 +1,4 @@
-// The one seam of the extension (SPEC.md, "C++ extension contract"): every
+// The one seam of the extension: every
 // write-tracking mechanism is a Mechanism.  The binding layer never talks to
 // a kernel interface directly; it validates Python arguments, releases the
 // GIL and calls through a Tracker (tracker.hpp), which adds locking and the
@@ -23,6 +23,13 @@ struct Mechanism {
     virtual void reset(std::uintptr_t start, std::size_t len) = 0;  // reset dirty state of the range
     virtual void attach(std::uintptr_t start, std::size_t len) = 0;  // begin tracking
     virtual void detach() = 0;  // undo all registrations/protections
+    // This instance's userfaultfd fell back to UFFD_USER_MODE_ONLY (kernel
+    // writes into the range then fail with EFAULT instead of being seen).
+    virtual bool user_mode_only() const noexcept { return false; }
+    // In a fork() child, for the parent's mechanism: undo what can be undone
+    // in this process only, without locks (mprotect: the child's copy of the
+    // range becomes writable again, so read(2) into it works).  Default: nothing.
+    virtual void forget_in_child() noexcept {}
 };
 
 // What a mechanism can do (exported as class attributes).
@@ -55,6 +62,18 @@ Probe pagemap_scan_probe();
 Probe softdirty_probe();
 Probe uffd_probe();
 Probe mprotect_probe();
+
+// Would a userfaultfd created now be user-mode-only (no CAP_SYS_PTRACE and
+// vm.unprivileged_userfaultfd=0)?  Then no uffd-based tracker sees kernel writes.
+bool uffd_user_mode_only() noexcept;
+
+// mprotect: make sure our SIGSEGV handler is the installed action (after
+// faulthandler.enable()/disable() or signal.signal(SIGSEGV, ...)); a no-op
+// before the first mprotect attach.  sigsegv_forget_top(): the action we
+// chain to was just uninstalled by its owner (faulthandler.disable()): chain
+// to the one before it again.
+void reinstall_sigsegv_handler();
+void sigsegv_forget_top();
 
 // The raw syscall (returns -1 and sets errno like syscall(2)).
 long process_memwatch(int pidfd, std::uintptr_t start, std::size_t len, unsigned flags,

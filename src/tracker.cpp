@@ -11,10 +11,27 @@ namespace memwatch {
 
 Mechanism::~Mechanism() = default;
 
-Tracker::Tracker(std::unique_ptr<Mechanism> mech, const Caps &caps)
-    : mech_(std::move(mech)), caps_(caps) {}
+Tracker::Tracker(std::unique_ptr<Mechanism> mech) : mech_(std::move(mech)) {}
+
+bool Tracker::forget_if_foreign() noexcept {
+    if (!foreign()) {
+        return false;
+    }
+    // Single-threaded in a fork() child: no lock needed, none taken.
+    if (!forgotten_.exchange(true)) {
+        if (mech_ && attached_.load()) {
+            mech_->forget_in_child();
+        }
+        (void)mech_.release();  // the child's copy of the parent's object: leak it
+        attached_.store(false);
+    }
+    return true;
+}
 
 Tracker::~Tracker() {
+    if (forget_if_foreign()) {
+        return;
+    }
     std::lock_guard<std::mutex> lk(mu_);
     if (foreign()) {
         // A fork() child's copy: the mechanism's fds, threads and handler
@@ -46,6 +63,9 @@ void Tracker::attach(std::int64_t start, std::int64_t length) {
     if (ustart + len < ustart) {
         throw std::invalid_argument("attach: start + length overflows");
     }
+    if (foreign()) {
+        throw std::invalid_argument("tracker was inherited through fork(); create a new one");
+    }
     std::lock_guard<std::mutex> lk(mu_);
     if (attached_) {
         throw std::invalid_argument("tracker is already attached; detach() first");
@@ -54,33 +74,42 @@ void Tracker::attach(std::int64_t start, std::int64_t length) {
         throw std::invalid_argument("tracker was inherited through fork(); create a new one");
     }
     mech_->attach(ustart, len);
-    owner_ = getpid();
+    owner_ = current_pid();
     start_ = ustart;
     len_ = len;
     attached_ = true;
 }
 
 void Tracker::detach() {
+    if (forget_if_foreign()) {
+        return;  // never lock in a fork() child: see forget_if_foreign()
+    }
     std::lock_guard<std::mutex> lk(mu_);
     if (!attached_) {
         return;  // idempotent
     }
     const bool mine = !foreign();
     attached_ = false;  // even if the mechanism fails to undo everything
-    if (mine) {
+    if (mine && mech_) {
         mech_->detach();
     }
 }
 
-bool Tracker::foreign() const { return owner_ != 0 && owner_ != getpid(); }
+void Tracker::refuse_if_foreign() const {
+    if (foreign()) {  // before mu_: a fork() child must never wait on it
+        throw std::invalid_argument("tracker was inherited through fork(); it belongs to process " +
+                                    std::to_string(owner_.load()));
+    }
+}
+
+bool Tracker::foreign() const noexcept {
+    const pid_t o = owner_.load();
+    return o != 0 && o != current_pid();
+}
 
 std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const {
     if (!attached_) {
-        throw std::invalid_argument("tracker is detached");
-    }
-    if (foreign()) {
-        throw std::invalid_argument("tracker was inherited through fork(); it belongs to process " +
-                                    std::to_string(owner_));
+        throw std::invalid_argument("operation on a closed Watch (its tracker is detached)");
     }
     if (start < 0 || length < 0) {
         throw std::invalid_argument("start and length must be >= 0");
@@ -90,16 +119,19 @@ std::size_t Tracker::check_range(std::int64_t start, std::int64_t length) const 
         throw std::invalid_argument("start must be page aligned");
     }
     const std::size_t len = round_up_pages(static_cast<std::size_t>(length));
-    if (ustart < start_ || ustart > start_ + len_ || len > start_ + len_ - ustart) {
+    const std::uintptr_t s0 = start_.load();
+    const std::size_t l0 = len_.load();
+    if (ustart < s0 || ustart > s0 + l0 || len > s0 + l0 - ustart) {
         throw std::invalid_argument("range [" + std::to_string(ustart) + ", +" +
                                     std::to_string(len) + ") is outside the attached range [" +
-                                    std::to_string(start_) + ", +" + std::to_string(len_) + ")");
+                                    std::to_string(s0) + ", +" + std::to_string(l0) + ")");
     }
     return len;
 }
 
 std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t *out,
                           std::size_t cap, bool reset) {
+    refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
     if (shared_) {
         throw TrackerShared("tracker is shared by overlapping watches");
@@ -109,6 +141,7 @@ std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t
 
 std::size_t Tracker::scan_shared(std::int64_t start, std::int64_t length, std::uint64_t *out,
                                  std::size_t cap, bool reset) {
+    refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
     return scan_locked(start, length, out, cap, reset);
 }
@@ -123,6 +156,7 @@ std::size_t Tracker::scan_locked(std::int64_t start, std::int64_t length, std::u
 }
 
 void Tracker::reset(std::int64_t start, std::int64_t length) {
+    refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
     if (shared_) {
         throw TrackerShared("tracker is shared by overlapping watches");
@@ -131,6 +165,7 @@ void Tracker::reset(std::int64_t start, std::int64_t length) {
 }
 
 void Tracker::reset_shared(std::int64_t start, std::int64_t length) {
+    refuse_if_foreign();
     std::lock_guard<std::mutex> lk(mu_);
     reset_locked(start, length);
 }
@@ -146,21 +181,6 @@ void Tracker::reset_locked(std::int64_t start, std::int64_t length) {
 void Tracker::set_shared(bool shared) {
     std::lock_guard<std::mutex> lk(mu_);
     shared_ = shared;
-}
-
-bool Tracker::attached() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return attached_;
-}
-
-std::uintptr_t Tracker::start() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return start_;
-}
-
-std::size_t Tracker::length() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return len_;
 }
 
 }  // namespace memwatch

@@ -10,6 +10,7 @@
 // refuses scan()/reset(), and detach() or destruction only forget it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -31,7 +32,7 @@ struct TrackerShared : std::logic_error {
 
 class Tracker {
 public:
-    Tracker(std::unique_ptr<Mechanism> mech, const Caps &caps);
+    explicit Tracker(std::unique_ptr<Mechanism> mech);
     ~Tracker();
     Tracker(const Tracker &) = delete;
     Tracker &operator=(const Tracker &) = delete;
@@ -55,30 +56,39 @@ public:
                             std::size_t cap, bool reset);
     void reset_shared(std::int64_t start, std::int64_t length);
 
-    const Caps &caps() const noexcept { return caps_; }
-    bool attached() const;
-    std::uintptr_t start() const;
-    std::size_t length() const;
+    // Lock-free (never blocks the GIL-holding caller behind a long scan).
+    bool attached() const noexcept { return attached_.load(); }
+    std::uintptr_t start() const noexcept { return start_.load(); }
+    std::size_t length() const noexcept { return len_.load(); }
+    bool user_mode_only() const noexcept { return mech_ && mech_->user_mode_only(); }
+    // For an at-fork child hook: takes no lock (another thread of the parent
+    // may have held mu_ at fork() time, and it is never released in the
+    // child).  If the tracker was attached by another process (we are its
+    // fork() child), forget it -- leave its fds, threads and protections to
+    // the parent -- and return true; otherwise do nothing and return false.
+    bool forget_if_foreign() noexcept;
 
 private:
     // Checks [start, start+length) against the attached range (mutex held);
     // returns the page-rounded length.
     std::size_t check_range(std::int64_t start, std::int64_t length) const;
     // True when attached (ever) by another process: we are a fork() child.
-    bool foreign() const;
+    bool foreign() const noexcept;
+    void refuse_if_foreign() const;
 
     std::unique_ptr<Mechanism> mech_;
-    const Caps &caps_;
     mutable std::mutex mu_;
     std::size_t scan_locked(std::int64_t start, std::int64_t length, std::uint64_t *out,
                             std::size_t cap, bool reset);
     void reset_locked(std::int64_t start, std::int64_t length);
 
-    bool attached_ = false;
-    bool shared_ = false;
-    pid_t owner_ = 0;  // getpid() at the first attach(); 0 before it
-    std::uintptr_t start_ = 0;
-    std::size_t len_ = 0;
+    bool shared_ = false;  // under mu_
+    // Written under mu_, read lock-free by the getters and forget_if_foreign().
+    std::atomic<bool> attached_{false};
+    std::atomic<bool> forgotten_{false};  // forget_if_foreign() released mech_
+    std::atomic<pid_t> owner_{0};         // getpid() at the first attach(); 0 before it
+    std::atomic<std::uintptr_t> start_{0};
+    std::atomic<std::size_t> len_{0};
 };
 
 }  // namespace memwatch

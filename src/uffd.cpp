@@ -4,41 +4,59 @@
 // attach, stopped at detach through an eventfd) records the page in an
 // atomic bitmap and un-protects it, which wakes the writer.
 //
-// Why no write is lost (the handler and scan(reset=True) race on a page P):
-//   handler: (h1) UFFDIO_WRITEPROTECT(P, mode DONTWAKE) -- un-protect
-//            (h2) bit[P] |= 1
-//            (h3) UFFDIO_WAKE(P)                         -- the writer resumes
-//   scan:    (s1) report P if bit[P]; bit[P] &= ~1 (fetch_and: only the
-//                 reported bits, anything set meanwhile stays set)
-//            (s2) UFFDIO_WRITEPROTECT(P, WP)             -- re-protect
-// - The faulting write completes only after h3, so its bit is set before the
-//   writer can go on (and e.g. call scan() itself): a write that completed
-//   before scan() started is always reported.
-// - A write after s2 faults again, so a later h2 sets the bit again: it is
-//   reported by a later scan.
-// - A write between s1 and s2 (P still writable) happened before scan()
-//   returned: it is already part of P's contents, which the caller reads
-//   after getting P back.  Linearization point of the reset: s2.
-// - The scanner re-protects P only after seeing bit[P] set, i.e. after h2,
-//   hence after h1: its s2 cannot be undone by the h1 of the same fault.  A
-//   *stale* h1 (a second message for P queued by another thread that faulted
-//   at the same time) may un-protect P after s2, but its h2 then sets the
-//   bit, so P is reported again (a rare false positive, never a lost write).
-// The reverse order in scan (re-protect, then clear the bit) would lose
-// writes: a fault handled between the two sets a bit the scanner then
-// clears while P stays unprotected.
+// Registration is MISSING|WP: an unpopulated page (never touched, or zapped
+// by MADV_DONTNEED/MADV_FREE after attach, which drops an anonymous page's
+// uffd-wp state) raises a missing fault, which the handler resolves itself
+// with UFFDIO_COPY of a zero page: a write fault sets the bit first and maps
+// the page writable; a read fault maps it write-protected (UFFDIO_COPY_MODE_WP)
+// so the next write faults.  So no write is lost after MADV_DONTNEED, and the
+// backend needs no UFFD_FEATURE_WP_UNPOPULATED (it works on 5.7-6.3 kernels,
+// and a reset of a sparse range fills no page tables with markers).
+// MADV_DONTNEED/MADV_REMOVE itself changes a page's contents (to zeros): with
+// UFFD_FEATURE_EVENT_REMOVE the handler reads a REMOVE event for it and
+// counts those pages as written, as pagemap_scan does.
+//
+// Why no write is lost (the handler and scan(reset=True) race on a page P).
+// The handler thread and the scanner serialize on one lock (hmu, kept in
+// memory of its own so the handler never faults on it):
+//   handler: lock; (h1) bit[P] |= 1; (h2) un-protect P (DONTWAKE); unlock;
+//            (h3) wake the writer
+//   scan:    lock; (s1) take bit[P] (fetch_and); (s2) re-protect P; unlock
+// - The faulting write completes only after h2 (normally after h3), and its
+//   bit was set in h1:
+//   a write that completed before scan() started is always reported, even
+//   when a signal interrupts the blocked writer and it retries on its own as
+//   soon as P is writable (the old order, un-protect then set, let such a
+//   write complete before its bit was set: a delayed report).
+// - (h1,h2) and (s1,s2) never interleave: either the scan saw the bit and
+//   re-protected after the un-protect, or the handler set the bit after the
+//   scan (P then stays writable with its bit set: reported next time).
+// - A write after s2 faults again and is recorded by a later h1.
+// - A write between s1 and s2 completed before scan() returned; the caller
+//   reads P's contents after getting P back.  Linearization point: s2.
+// - A *stale* message (two threads faulted on P at once) runs h1/h2 again
+//   after a scan: P is reported once more (a false positive, never a loss).
+// Residual false positive under tight polling: a writer woken by h2 may
+// retry its write only after a later s2 re-protected P; it then faults once
+// more and P is reported in two rounds for one write.
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <string>
 #include <system_error>
 #include <thread>
 
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "bitmap_mechanism.hpp"
 #include "mechanism.hpp"
 #include "uapi.hpp"
 #include "uffd_common.hpp"
@@ -51,12 +69,27 @@ const Caps uffd_caps = {"uffd", /*remote=*/false, /*partial_reset=*/true, /*atom
 
 namespace {
 
-constexpr std::uint64_t kFeatures =
-    uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP | uapi::UFFD_FEATURE_WP_UNPOPULATED;
+// No UFFD_FEATURE_WP_UNPOPULATED: missing faults cover unpopulated pages.
+// UFFD_FEATURE_EVENT_REMOVE (Linux 4.11): MADV_DONTNEED/MADV_REMOVE on the
+// range queue an event (the madvise waits until the handler has read it),
+// and the zapped pages count as written: their contents changed (to zeros),
+// as pagemap_scan reports them too.
+constexpr std::uint64_t kFeatureEventRemove = 1u << 3;
+constexpr std::uint8_t kEventRemove = 0x15;
+constexpr std::uint64_t kFeatures = uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP | kFeatureEventRemove;
 
-class Uffd final : public Mechanism {
+// What the handler thread writes besides the bitmap and its own stack: in an
+// anonymous mapping of its own, never on a (possibly watched) heap page.
+struct HandlerShared {
+    std::mutex hmu;              // see the top: (h1,h2) vs (s1,s2)
+    std::atomic<int> dead{0};    // errno-ish reason the handler stopped on its own
+    std::atomic<bool> running{false};  // the handler thread reached its loop
+    alignas(64) unsigned char zero[1];  // (the zero page is the mapping's 2nd page)
+};
+
+class Uffd final : public BitmapMechanism {
 public:
-    Uffd() {
+    Uffd() : BitmapMechanism("UFFDIO_WRITEPROTECT"), shared_map_(2 * page_size()) {
         UffdOpen u = uffd_open_with(kFeatures, "uffd");
         uffd_ = std::move(u.fd);
         user_mode_only_ = u.user_mode_only;
@@ -65,41 +98,73 @@ public:
             throw_errno("eventfd");
         }
         stop_.reset(efd);
+        shared_ = new (shared_map_.data()) HandlerShared();
+        zero_page_ = shared_map_.data() + page_size();
     }
 
     ~Uffd() override {
         if (thread_.joinable()) {
             detach();
         }
+        shared_->~HandlerShared();
     }
 
+    bool user_mode_only() const noexcept override { return user_mode_only_; }
+
     void attach(std::uintptr_t start, std::size_t len) override {
+        // Everything the handler touches exists before anything is
+        // protected: the bitmap (its own mapping), the shared state, and the
+        // thread itself (pthread_create allocates from the heap, which may
+        // share pages with the watched range).
         bits_ = PageBitmap(pages_in(len));
+        try {
+            check_not_bookkeeping(start, len);
+            const auto sm = reinterpret_cast<std::uintptr_t>(shared_map_.data());
+            if (start < sm + shared_map_.size() && sm < start + len) {
+                throw std::system_error(EINVAL, std::generic_category(),
+                                        "range covers memwatch's own uffd handler state");
+            }
+        } catch (...) {
+            bits_ = PageBitmap();
+            throw;
+        }
         start_ = start;
         len_ = len;
-        uffd_register_wp(uffd_.get(), start, len);
-        if (const int err = uffd_writeprotect(uffd_.get(), start, len, true)) {
-            uffd_unregister(uffd_.get(), start, len);
-            throw_errno(err, "UFFDIO_WRITEPROTECT");
-        }
+        shared_->dead.store(0);
+        shared_->running.store(false);
         std::uint64_t v;
         while (::read(stop_.get(), &v, sizeof v) == sizeof v) {
         }  // drain a stale stop request
         try {
-            thread_ = std::thread([this] { handler(); });
+            uffd_register(uffd_.get(), start, len,
+                          uapi::UFFDIO_REGISTER_MODE_MISSING | uapi::UFFDIO_REGISTER_MODE_WP);
+        } catch (...) {
+            bits_ = PageBitmap();
+            start_ = len_ = 0;
+            throw;
+        }
+        try {
+            start_thread();
         } catch (...) {
             uffd_unregister(uffd_.get(), start, len);
+            bits_ = PageBitmap();
+            start_ = len_ = 0;
             throw;
+        }
+        if (const int err = uffd_writeprotect(uffd_.get(), start, len, true)) {
+            detach();
+            throw_errno(err, "UFFDIO_WRITEPROTECT");
         }
     }
 
     void detach() override {
         // Lift the protection (wakes the writers blocked on the range), then
-        // unregister: it drops the uffd-wp bits but, unlike MISSING mode,
-        // wakes no WP waiter.  Faults already queued were queued under the
-        // mmap lock that UFFDIO_UNREGISTER takes for writing, so after it no
-        // new waiter can appear; UFFDIO_WAKE then releases any that the
-        // handler thread has not resolved yet.  Only then stop the thread.
+        // unregister: it drops the uffd-wp bits and wakes missing-fault
+        // waiters (they retry and find the page unregistered).  Faults
+        // already queued were queued under the mmap lock that
+        // UFFDIO_UNREGISTER takes for writing, so after it no new waiter can
+        // appear; UFFDIO_WAKE then releases any that the handler thread has
+        // not resolved yet.  Only then stop the thread.
         (void)uffd_writeprotect(uffd_.get(), start_, len_, false);
         uffd_unregister(uffd_.get(), start_, len_);
         uffd_wake(uffd_.get(), start_, len_);
@@ -113,37 +178,60 @@ public:
         start_ = len_ = 0;
     }
 
-    std::size_t scan(std::uintptr_t start, std::size_t len, std::uint64_t *out, std::size_t cap,
-                     bool reset) override {
-        const std::size_t ps = page_size();
-        int err = 0;
-        const std::size_t n = bitmap_scan(
-            bits_, (start - start_) / ps, len / ps, out, cap, reset,
-            [&](std::size_t page, std::size_t npages) {
-                const int e = uffd_writeprotect(uffd_.get(), start_ + page * ps, npages * ps, true);
-                if (e && !err) {
-                    err = e;
-                }
-            });
-        if (err) {
-            throw_errno(err, "UFFDIO_WRITEPROTECT");
-        }
-        return n;
+protected:
+    int protect(std::uintptr_t start, std::size_t len) noexcept override {
+        return uffd_writeprotect(uffd_.get(), start, len, true);
     }
-
-    void reset(std::uintptr_t start, std::size_t len) override {
-        // Same order as scan(): clear the bits, then protect the range.
-        const std::size_t ps = page_size();
-        const std::size_t first = (start - start_) / ps, last = first + len / ps;
-        bits_.clear_range(first, last);
-        if (const int err = uffd_writeprotect(uffd_.get(), start, len, true)) {
-            throw_errno(err, "UFFDIO_WRITEPROTECT");
+    void handler_lock() noexcept override { shared_->hmu.lock(); }
+    void handler_unlock() noexcept override { shared_->hmu.unlock(); }
+    void check_alive() override {
+        if (const int why = shared_->dead.load()) {
+            throw std::system_error(EIO, std::generic_category(),
+                                    std::string("uffd handler thread stopped (") +
+                                        std::strerror(why) +
+                                        "): the range was un-protected and counts as written; "
+                                        "detach and attach again");
         }
     }
 
 private:
+    void start_thread() {
+        // Block every signal in the new thread (it inherits the creator's
+        // mask): process-directed signals go to Python's threads, and the
+        // handler is never interrupted between h1 and h2.
+        sigset_t all, old;
+        sigfillset(&all);
+        ::pthread_sigmask(SIG_SETMASK, &all, &old);
+        try {
+            thread_ = std::thread([this] { handler(); });
+        } catch (...) {
+            ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+            throw;
+        }
+        ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        // Wait until the thread runs its own code: whatever thread start-up
+        // does in libc happens before anything is protected.
+        while (!shared_->running.load()) {
+            std::this_thread::yield();
+        }
+    }
+
+    // The handler cannot go on (the fd reports an error): writers must not
+    // hang.  Un-protect and unregister the range (waking every blocked
+    // writer), count it all as written, and make the next scan()/reset()
+    // raise.
+    void die(int why) noexcept {
+        shared_->hmu.lock();
+        bits_.set_range(0, bits_.pages());
+        shared_->dead.store(why ? why : EIO);
+        shared_->hmu.unlock();
+        (void)uffd_writeprotect(uffd_.get(), start_, len_, false);
+        uffd_unregister(uffd_.get(), start_, len_);
+        uffd_wake(uffd_.get(), start_, len_);
+    }
+
     void handler() noexcept {
-        const std::size_t ps = page_size();
+        shared_->running.store(true);
         pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
         uapi::uffd_msg msgs[16];
         for (;;) {
@@ -152,47 +240,120 @@ private:
                 if (errno == EINTR) {
                     continue;
                 }
-                return;  // cannot happen with valid fds
-            }
-            if (fds[1].revents) {
+                die(errno);
                 return;
             }
-            if (fds[0].revents & (POLLERR | POLLHUP)) {
+            if (fds[1].revents) {
+                // detach() unregistered the range first, so no new message
+                // can be queued; answer what is left (a REMOVE event left
+                // unread would block its madvise() caller until close).
+                drain();
+                return;
+            }
+            if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+                die(EIO);
                 return;
             }
             const ssize_t r = ::read(uffd_.get(), msgs, sizeof msgs);
             if (r < 0) {
-                continue;  // EAGAIN: another wakeup consumed it
+                if (errno == EAGAIN || errno == EINTR) {
+                    continue;  // another wakeup consumed it
+                }
+                die(errno);
+                return;
             }
-            const std::size_t nmsg = static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg);
-            for (std::size_t i = 0; i < nmsg; ++i) {
-                const auto &msg = msgs[i];
-                if (msg.event != uapi::UFFD_EVENT_PAGEFAULT) {
+            handle(msgs, static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg));
+        }
+    }
+
+    void drain() noexcept {
+        uapi::uffd_msg msgs[16];
+        for (;;) {
+            const ssize_t r = ::read(uffd_.get(), msgs, sizeof msgs);
+            if (r <= 0) {
+                if (r < 0 && errno == EINTR) {
                     continue;
                 }
-                const std::uintptr_t page = msg.arg.pagefault.address & ~(std::uintptr_t(ps) - 1);
-                // (h1) un-protect, (h2) record, (h3) wake: see the top.
-                (void)uffd_writeprotect(uffd_.get(), page, ps, false, /*dontwake=*/true);
-                if (page >= start_ && page < start_ + len_) {
+                return;  // EAGAIN: empty
+            }
+            handle(msgs, static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg));
+        }
+    }
+
+    void handle(const uapi::uffd_msg *msgs, std::size_t nmsg) noexcept {
+        const std::size_t ps = page_size();
+        for (std::size_t i = 0; i < nmsg; ++i) {
+            const auto &msg = msgs[i];
+            if (msg.event == kEventRemove) {
+                // arg.remove = {start, end}, over pagefault.{flags, address}.
+                const std::uintptr_t a = msg.arg.reserved.reserved1;
+                const std::uintptr_t b = msg.arg.reserved.reserved2;
+                const std::uintptr_t lo = std::max<std::uintptr_t>(a, start_);
+                const std::uintptr_t hi = std::min<std::uintptr_t>(b, start_ + len_);
+                if (lo < hi && len_) {
+                    shared_->hmu.lock();
+                    bits_.set_range((lo - start_) / ps, (hi - start_ + ps - 1) / ps);
+                    shared_->hmu.unlock();
+                }
+                continue;
+            }
+            if (msg.event != uapi::UFFD_EVENT_PAGEFAULT) {
+                continue;
+            }
+            const std::uintptr_t page = msg.arg.pagefault.address & ~(std::uintptr_t(ps) - 1);
+            const bool in_range = page >= start_ && page < start_ + len_;
+            const auto flags = msg.arg.pagefault.flags;
+            const bool write = (flags & uapi::UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+            bool wake = true;
+            shared_->hmu.lock();
+            if (flags & uapi::UFFD_PAGEFAULT_FLAG_WP) {
+                // (h1) record, (h2) un-protect: see the top.  The wake
+                // comes after the unlock, so the woken writer (which may
+                // go straight on to scan) does not wait for our lock.
+                if (in_range) {
                     bits_.set((page - start_) / ps);
                 }
+                (void)uffd_writeprotect(uffd_.get(), page, ps, false, /*dontwake=*/true);
+            } else {
+                // Missing: populate with zeros.  A write: record first,
+                // map writable.  A read: map write-protected.  UFFDIO_COPY
+                // wakes the waiter itself.
+                if (write && in_range) {
+                    bits_.set((page - start_) / ps);
+                }
+                const int e = uffd_copy(uffd_.get(), page, zero_page_, ps, !write);
+                // EEXIST: a racing fault populated it (if it was a read,
+                // the page is write-protected and the retried write
+                // faults again); ENOENT/ESRCH: the range went away.
+                // Either way, wake the waiter below.
+                wake = e != 0;
+            }
+            shared_->hmu.unlock();
+            if (wake) {
                 uffd_wake(uffd_.get(), page, ps);
             }
         }
     }
 
+    Mapping shared_map_;
+    HandlerShared *shared_ = nullptr;
+    const char *zero_page_ = nullptr;
     Fd uffd_;
     Fd stop_;
     bool user_mode_only_ = false;
     std::thread thread_;
-    PageBitmap bits_;
-    std::uintptr_t start_ = 0;
-    std::size_t len_ = 0;
 };
 
 }  // namespace
 
 std::unique_ptr<Mechanism> make_uffd() { return std::make_unique<Uffd>(); }
+
+bool uffd_user_mode_only() noexcept {
+    int err = 0;
+    bool umo = false;
+    (void)uffd_offered_features(err, umo);
+    return err == 0 && umo;
+}
 
 Probe uffd_probe() {
     int err = 0;
@@ -204,10 +365,6 @@ Probe uffd_probe() {
     if (!(offered & uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP)) {
         return {false, "userfaultfd lacks write-protect support (UFFD_FEATURE_PAGEFAULT_FLAG_WP, "
                        "Linux 5.7+ with CONFIG_HAVE_ARCH_USERFAULTFD_WP)"};
-    }
-    if (!(offered & uapi::UFFD_FEATURE_WP_UNPOPULATED)) {
-        return {false, "userfaultfd lacks UFFD_FEATURE_WP_UNPOPULATED (needs Linux 6.4+): "
-                       "first writes to untouched pages would be missed"};
     }
     return {true, ""};
 }

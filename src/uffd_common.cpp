@@ -83,13 +83,44 @@ UffdOpen uffd_open_with(std::uint64_t features, const char *who) {
     return u;
 }
 
-void uffd_register_wp(int uffd, std::uintptr_t start, std::size_t len) {
+void uffd_register(int uffd, std::uintptr_t start, std::size_t len, std::uint64_t mode) {
     uapi::uffdio_register reg{};
     reg.range.start = start;
     reg.range.len = len;
-    reg.mode = uapi::UFFDIO_REGISTER_MODE_WP;
+    reg.mode = mode;
     if (::ioctl(uffd, uapi::UFFDIO_REGISTER, &reg) != 0) {
         throw_errno("UFFDIO_REGISTER");
+    }
+}
+
+void uffd_register_wp(int uffd, std::uintptr_t start, std::size_t len) {
+    uffd_register(uffd, start, len, uapi::UFFDIO_REGISTER_MODE_WP);
+}
+
+namespace {
+// struct uffdio_copy (linux/userfaultfd.h), not in uapi.hpp.
+struct uffdio_copy {
+    std::uint64_t dst, src, len, mode;
+    std::int64_t copy;
+};
+constexpr unsigned long UFFDIO_COPY = _IOWR(uapi::UFFDIO, 0x03, struct uffdio_copy);
+constexpr std::uint64_t UFFDIO_COPY_MODE_WP = 1u << 1;
+}  // namespace
+
+int uffd_copy(int uffd, std::uintptr_t dst, const void *src, std::size_t len, bool wp) noexcept {
+    uffdio_copy c{};
+    c.dst = dst;
+    c.src = reinterpret_cast<std::uintptr_t>(src);
+    c.len = len;
+    c.mode = wp ? UFFDIO_COPY_MODE_WP : 0;
+    for (;;) {
+        c.copy = 0;
+        if (::ioctl(uffd, UFFDIO_COPY, &c) == 0) {
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EINTR) {
+            return errno;
+        }
     }
 }
 

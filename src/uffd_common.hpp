@@ -32,6 +32,12 @@ std::string uffd_open_reason(int err);
 UffdOpen uffd_open_with(std::uint64_t features, const char *who);
 
 void uffd_register_wp(int uffd, std::uintptr_t start, std::size_t len);
+// UFFDIO_REGISTER with `mode` (UFFDIO_REGISTER_MODE_*); throws.
+void uffd_register(int uffd, std::uintptr_t start, std::size_t len, std::uint64_t mode);
+// UFFDIO_COPY of `len` bytes from src to dst (resolves a missing fault and
+// wakes its waiters); wp=true maps the page write-protected.  0 or an errno
+// (EEXIST: already populated by a racing fault).  Retries EAGAIN.
+int uffd_copy(int uffd, std::uintptr_t dst, const void *src, std::size_t len, bool wp) noexcept;
 // Best effort; errors from a range that was unmapped meanwhile are ignored.
 void uffd_unregister(int uffd, std::uintptr_t start, std::size_t len) noexcept;
 // UFFDIO_WAKE: wake threads blocked on faults in the range.  Best effort.
