@@ -30,6 +30,8 @@ _PIDFD_SELF: Final[int] = _memwatch.PIDFD_SELF
 # (512 KiB); backends without partial reset get one entry per page instead,
 # so that a scan with reset always completes in one call.
 _MAX_CHUNK: Final = 1 << 16
+# No Linux architecture maps user memory at or above 2**63.
+_USER_LIMIT: Final = 1 << 63
 
 _ScanFn = Callable[[int, int, Any, bool], int]
 
@@ -214,8 +216,12 @@ class Watch:
                 raise ValueError(f"address must not be negative, got {target:#x}")
             if length <= 0:
                 raise ValueError(f"length must be positive, got {length}")
-            if target + length > 1 << 64:
-                raise ValueError("address + length is beyond the address space")
+            if target + length > _USER_LIMIT:
+                # The facade's one range check for an int address; nothing at
+                # or above 2**63 ever reaches the binding (pc's wording).
+                raise ValueError(
+                    f"range {target:#x}+{length:#x} is beyond the user address space"
+                )
             begin, nbytes = target, length
         else:
             if length is not None:

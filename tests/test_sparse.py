@@ -174,3 +174,20 @@ def test_huge_unmapped_range_fails_without_allocating(backend: str) -> None:
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 64 * 1024
     probe.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "length"),
+    [
+        (1 << 63, PAGE),
+        ((1 << 63) - PAGE, 2 * PAGE),
+        ((1 << 64) - PAGE, PAGE),
+        (PAGE, 1 << 63),
+    ],
+)
+def test_addresses_beyond_user_space_are_refused_by_the_facade(
+    address: int, length: int
+) -> None:
+    with pytest.raises(ValueError, match="beyond the user address space") as info:
+        memwatch.Watch(address, length)
+    assert "incompatible function arguments" not in str(info.value)
