@@ -33,7 +33,8 @@ watched range (``Watch.target_offset`` is where the target itself begins).
 from __future__ import annotations
 
 from ._backends import Backend, backends
-from ._common import Flags, PidFd, UnsupportedError
+from ._common import Flags, UnsupportedError
+from ._process import PidFd
 from ._syscall import PIDFD_SELF, process_memwatch
 from ._watch import PAGE_SIZE, Watch
 from ._winapi import WatchedMapping, alloc, get_write_watch, reset_write_watch

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from . import _memwatch, _probes
 from ._common import UnsupportedError
@@ -47,6 +47,8 @@ class Tracker(Protocol):
     def reset_shared(self, start: int, length: int, /) -> None: ...
 
     def set_shared(self, shared: bool, /) -> None: ...
+
+    def forget_if_foreign(self) -> bool: ...
 
 
 # What a tracker constructor may need: the target's pid and a pidfd for it
@@ -134,19 +136,30 @@ def _probe(name: str) -> tuple[bool, str]:
     return _probes.run(name, _BY_NAME[name].probe)
 
 
+@functools.cache
+def _user_mode_only(name: str) -> bool:
+    """Whether this backend's userfaultfd would be user-mode-only here (it
+    then cannot see writes made by the kernel)."""
+    if name not in ("pagemap_scan", "uffd"):
+        return False
+    return bool(_memwatch.uffd_user_mode_only())
+
+
 def _backend(name: str) -> Backend:
     spec = _BY_NAME[name]
+    cls: Any = spec.cls
     ok, reason = _probe(name)
     return Backend(
         name=name,
         available=ok,
         reason=reason,
-        remote=bool(getattr(spec.cls, "remote", False)),
-        partial_reset=bool(getattr(spec.cls, "partial_reset", False)),
-        atomic=bool(getattr(spec.cls, "atomic", False)),
-        sees_kernel_writes=bool(getattr(spec.cls, "sees_kernel_writes", False))
-        and not (name == "uffd" and ok and _memwatch.uffd_user_mode_only()),
-        false_positives=bool(getattr(spec.cls, "false_positives", False)),
+        # Read strictly: a tracker class without one of these is a bug, not
+        # a False.
+        remote=bool(cls.remote),
+        partial_reset=bool(cls.partial_reset),
+        atomic=bool(cls.atomic),
+        sees_kernel_writes=bool(cls.sees_kernel_writes) and not _user_mode_only(name),
+        false_positives=bool(cls.false_positives),
     )
 
 
@@ -161,6 +174,7 @@ def backends() -> list[Backend]:
 def _clear_probe_cache() -> None:
     """Forget the cached probes (for tests)."""
     _probe.cache_clear()
+    _user_mode_only.cache_clear()
 
 
 def tracker_class(name: str) -> Callable[..., Tracker]:

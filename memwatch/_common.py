@@ -1,4 +1,4 @@
-"""Vocabulary shared by every layer of the facade: flags, errors, pidfds.
+"""Vocabulary shared by every layer of the facade: flags and errors.
 
 Nothing here touches the extension, so these names import on any machine.
 """
@@ -7,16 +7,10 @@ from __future__ import annotations
 
 import enum
 import errno
-import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
-__all__ = ["Flags", "PidFd", "UnsupportedError"]
-
-_INT_MAX = (1 << 31) - 1
+__all__ = ["Flags", "UnsupportedError"]
 
 # The errnos with which a kernel interface says "part of this range is not
 # mapped" (UFFDIO_REGISTER/WRITEPROTECT: EINVAL/ENOENT, mprotect: ENOMEM,
@@ -169,89 +163,3 @@ def shared_file_part(pid: int | None, start: int, length: int) -> str | None:
                 and not v.path.startswith(_SHMEM_PATHS)):
             return v.path
     return None
-
-
-def _pid_of_pidfd(fd: int) -> int:
-    """The pid a pidfd refers to, from ``/proc/self/fdinfo`` (Linux 5.10+).
-
-    Raises ValueError when *fd* is not a pidfd and ProcessLookupError when
-    the process it refers to has already exited (fdinfo says ``Pid: -1``).
-    """
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise OSError(errno.EBADF, f"file descriptor {fd} is not open") from None
-    for line in lines:
-        if line.startswith("Pid:"):
-            pid = int(line.split()[1])
-            if pid <= 0:
-                raise ProcessLookupError(
-                    errno.ESRCH, f"the process of pidfd {fd} has exited"
-                )
-            return pid
-    raise ValueError(f"file descriptor {fd} is not a pidfd")
-
-
-class PidFd:
-    """A pidfd naming another process, for ``Watch(..., pid=PidFd(fd))``.
-
-    A pid and a file descriptor are both ints, so memwatch never guesses: an
-    int passed as ``pid=`` is always a process id, and a pidfd (from
-    :func:`os.pidfd_open`, ``CLONE_PIDFD`` or ``pidfd_getfd``) is wrapped in
-    this class.  A pidfd names exactly one process for its whole life, so it
-    is immune to pid reuse; :class:`memwatch.Watch` duplicates it, and the
-    caller stays free to close its own descriptor.
-
-    ``PidFd(fd)`` does not take ownership of *fd*; :meth:`open` returns an
-    owning instance whose :meth:`close` closes it.
-    """
-
-    __slots__ = ("_fd", "_owned", "pid")
-
-    def __init__(self, fd: int, *, _owned: bool = False) -> None:
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"a pidfd is an int file descriptor, not {fd!r}")
-        if not 0 <= fd <= _INT_MAX:
-            raise ValueError(f"invalid file descriptor {fd}")
-        self._fd = fd
-        self._owned = _owned
-        self.pid: int = _pid_of_pidfd(fd)
-
-    @classmethod
-    def open(cls, pid: int) -> PidFd:
-        """``os.pidfd_open(pid)`` as an owning PidFd (close it, or use ``with``)."""
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
-        if pid <= 0:
-            raise ValueError(f"pid must be positive, got {pid}")
-        if pid > _INT_MAX:
-            raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}")
-        fd = os.pidfd_open(pid)
-        try:
-            return cls(fd, _owned=True)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def fileno(self) -> int:
-        if self._fd < 0:
-            raise ValueError("operation on a closed PidFd")
-        return self._fd
-
-    def close(self) -> None:
-        if self._owned and self._fd >= 0:
-            os.close(self._fd)
-        self._fd = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"memwatch.PidFd(fd={self._fd}, pid={self.pid})"
-
-
-PidFd.__module__ = "memwatch"

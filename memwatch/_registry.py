@@ -393,9 +393,7 @@ def after_fork_in_child() -> None:
         dom.lock = threading.Lock()
         dom.closed = True
         for seg in dom.segments:
-            forget = getattr(seg.tracker, "forget_if_foreign", None)
-            if forget is not None:
-                forget()
+            seg.tracker.forget_if_foreign()  # lock-free (src/tracker.hpp)
             _inherited.append(seg.tracker)
         dom.segments = []
         dom.members = set()

@@ -8,7 +8,6 @@ import errno
 import numbers
 import operator
 import os
-import select
 import threading
 import weakref
 from array import array
@@ -16,7 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _backends, _common, _memwatch, _registry
-from ._common import PidFd, UnsupportedError, _pid_of_pidfd
+from ._common import UnsupportedError
+from ._process import _Process, _resolve_process
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Self
@@ -31,102 +31,10 @@ _PIDFD_SELF: Final[int] = _memwatch.PIDFD_SELF
 # (512 KiB); backends without partial reset get one entry per page instead,
 # so that a scan with reset always completes in one call.
 _MAX_CHUNK: Final = 1 << 16
-
-_USER_TOP: Final = 1 << 63
+# No Linux architecture maps user memory at or above 2**63.
+_USER_LIMIT: Final = 1 << 63
 
 _ScanFn = Callable[[int, int, Any, bool], int]
-
-
-class _Process:
-    """Another process, held by a pidfd that this object owns.
-
-    The pidfd fixes the identity when the Watch is created: the pid cannot be
-    reused under the Watch.  It becomes readable when the process exits,
-    which gives a cheap liveness check for the path-based ``softdirty``
-    backend (``/proc/PID/pagemap`` of an exited process reads as empty).
-    """
-
-    __slots__ = ("_poll", "pid", "pidfd")
-
-    def __init__(self, pid: int, pidfd: int) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-        self._poll = select.poll()
-        self._poll.register(pidfd, select.POLLIN)
-
-    def exited(self) -> bool:
-        return bool(self._poll.poll(0))
-
-    def check_alive(self) -> None:
-        if self.exited():
-            raise ProcessLookupError(errno.ESRCH, f"process {self.pid} has exited")
-
-    def close(self) -> None:
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-
-
-def _resolve_process(pid: object) -> _Process | None:
-    """``None`` for this process, else an owned pidfd for the target.
-
-    Accepted: ``None``; an int pid (never a file descriptor); a
-    :class:`memwatch.PidFd`; any object with an int ``.pid`` attribute
-    (``subprocess.Popen``, ``multiprocessing.Process``, ``psutil.Process``).
-    The calling process's own pid means "this process".
-    """
-    if pid is None:
-        return None
-    if isinstance(pid, PidFd):
-        fd = os.dup(pid.fileno())
-        try:
-            number = _pid_of_pidfd(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if number == os.getpid():
-            os.close(fd)
-            return None
-        return _Process(number, fd)
-    handle: object = None
-    if not isinstance(pid, int) and hasattr(pid, "pid"):
-        handle, pid = pid, pid.pid
-    if isinstance(pid, bool) or not isinstance(pid, int):
-        raise TypeError(
-            "pid must be an int pid, a memwatch.PidFd or an object with a .pid "
-            f"attribute, not {type(pid).__name__}"
-        )
-    if pid <= 0:
-        raise ValueError(f"pid must be positive, got {pid}")
-    if pid == os.getpid():
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
-    except OverflowError:
-        raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
-    if handle is not None and _handle_exited(handle):
-        # Its pid may already name another process: do not watch that one.
-        os.close(fd)
-        raise ProcessLookupError(errno.ESRCH, f"process {pid} has exited")
-    return _Process(pid, fd)
-
-
-def _handle_exited(handle: object) -> bool:
-    """Whether a process object says its process is gone.
-
-    Checked after the pidfd is open, so that a process object still alive at
-    that moment proves the pidfd names its process and not a reuse of its pid:
-    ``subprocess.Popen.returncode`` / ``multiprocessing.Process.exitcode`` are
-    set once the child was reaped, ``psutil.Process.is_running()`` compares
-    the creation time.
-    """
-    for attr in ("returncode", "exitcode"):
-        if getattr(handle, attr, None) is not None:
-            return True
-    is_running = getattr(handle, "is_running", None)
-    return callable(is_running) and not is_running()
 
 
 def _buffer_range(target: object) -> tuple[int, int, memoryview]:
@@ -311,8 +219,9 @@ class Watch:
                 raise ValueError(f"address must not be negative, got {target:#x}")
             if length <= 0:
                 raise ValueError(f"length must be positive, got {length}")
-            if target + length > _USER_TOP:
-                # No Linux architecture maps user memory in the upper half.
+            if target + length > _USER_LIMIT:
+                # The facade's one range check for an int address; nothing at
+                # or above 2**63 ever reaches the binding (pc's wording).
                 raise ValueError(
                     f"range {target:#x}+{length:#x} is beyond the user address space"
                 )

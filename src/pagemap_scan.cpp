@@ -23,7 +23,10 @@ namespace memwatch {
 
 const Caps pagemap_scan_caps = {"pagemap_scan", /*remote=*/false, /*partial_reset=*/true,
                                 /*atomic=*/true, /*sees_kernel_writes=*/true,
-                                /*false_positives=*/false};
+                                // Holes are not write-protected (sparse ranges cost
+                                // what is populated): see protect_populated() for
+                                // the two false positives that come with it.
+                                /*false_positives=*/true};
 
 namespace {
 

@@ -46,6 +46,16 @@ public:
                      bool reset);
     void reset(std::int64_t start, std::int64_t length);
 
+    // Overlapping watches (memwatch/_registry.py) share one tracker per
+    // registered segment.  set_shared(true) takes the mutex, so when it
+    // returns no scan()/reset() is in flight, and from then on both throw
+    // TrackerShared: a Watch's direct fast path can never consume writes
+    // another Watch must see.  The registry uses the *_shared variants.
+    void set_shared(bool shared);
+    std::size_t scan_shared(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                            std::size_t cap, bool reset);
+    void reset_shared(std::int64_t start, std::int64_t length);
+
     // Lock-free (never blocks the GIL-holding caller behind a long scan).
     bool attached() const noexcept { return attached_.load(); }
     std::uintptr_t start() const noexcept { return start_.load(); }
@@ -57,15 +67,6 @@ public:
     // fork() child), forget it -- leave its fds, threads and protections to
     // the parent -- and return true; otherwise do nothing and return false.
     bool forget_if_foreign() noexcept;
-    // Overlapping watches (memwatch/_registry.py) share one tracker per
-    // registered segment.  set_shared(true) takes the mutex, so when it
-    // returns no scan()/reset() is in flight, and from then on both throw
-    // TrackerShared: a Watch's direct fast path can never consume writes
-    // another Watch must see.  The registry uses the *_shared variants.
-    void set_shared(bool shared);
-    std::size_t scan_shared(std::int64_t start, std::int64_t length, std::uint64_t *out,
-                            std::size_t cap, bool reset);
-    void reset_shared(std::int64_t start, std::int64_t length);
 
 private:
     // Checks [start, start+length) against the attached range (mutex held);
@@ -81,13 +82,13 @@ private:
                             std::size_t cap, bool reset);
     void reset_locked(std::int64_t start, std::int64_t length);
 
+    bool shared_ = false;  // under mu_
     // Written under mu_, read lock-free by the getters and forget_if_foreign().
     std::atomic<bool> attached_{false};
     std::atomic<bool> forgotten_{false};  // forget_if_foreign() released mech_
     std::atomic<pid_t> owner_{0};         // getpid() at the first attach(); 0 before it
     std::atomic<std::uintptr_t> start_{0};
     std::atomic<std::size_t> len_{0};
-    bool shared_ = false;  // under mu_
 };
 
 }  // namespace memwatch

@@ -55,7 +55,7 @@ def test_capabilities(mech: Attached) -> None:
 def test_capability_table() -> None:
     expect: dict[Any, tuple[bool, ...]] = {
         mw.SyscallTracker: (True, True, True, True, True),
-        mw.PagemapScanTracker: (False, True, True, True, False),
+        mw.PagemapScanTracker: (False, True, True, True, True),
         mw.SoftDirtyTracker: (True, False, False, True, True),
         mw.UffdTracker: (False, True, True, True, True),
         mw.MprotectTracker: (False, True, True, False, True),

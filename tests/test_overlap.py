@@ -21,7 +21,15 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import BACKENDS, IN_GUEST, PAGE, address_of, anon, backend_params
+from support import (
+    BACKENDS,
+    IN_GUEST,
+    PAGE,
+    address_of,
+    anon,
+    backend_params,
+    skip_reason,
+)
 
 import memwatch
 from memwatch import _registry
@@ -247,7 +255,9 @@ def test_two_small_bytearrays_on_one_page(backend: str) -> None:
     """Two small heap buffers share a page: both Watches work (the review's
     a08_two_small.py / r_mprotect_two_small.py)."""
     if backend in ("uffd", "mprotect") and not HEAP_SAFE:
-        pytest.skip(f"{backend} on heap buffers can hang or crash until branch pa is merged")
+        pytest.skip(
+            f"{backend} on heap buffers can hang or crash until branch pa is merged"
+        )
     for size in (100, 1000, 3000):
         a = bytearray(size)
         b = bytearray(size)
@@ -364,3 +374,29 @@ def test_concurrent_scans_while_watches_come_and_go(backend: str) -> None:
         assert not errors, errors
         assert seen >= {PAGE, 2 * PAGE, 3 * PAGE, 4 * PAGE}
         gc.collect()
+
+
+@pytest.mark.guest
+def test_soft_dirty_family_refusals() -> None:
+    """syscall and softdirty share the soft-dirty bit: a softdirty Watch
+    shares its target with no other soft-dirty Watch (clear_refs clears the
+    whole process), and syscall Watches share pages among themselves."""
+    for name in ("syscall", "softdirty"):
+        reason = skip_reason(name)
+        if reason is not None:
+            pytest.skip(reason)
+    with anon(4) as mem:
+        base = address_of(mem)
+        with memwatch.Watch(base, 2 * PAGE, backend="syscall") as w1:
+            with pytest.raises(memwatch.UnsupportedError, match="clear_refs"):
+                memwatch.Watch(base + 3 * PAGE, PAGE, backend="softdirty")
+            with memwatch.Watch(base + PAGE, 2 * PAGE, backend="syscall") as w2:
+                mem[PAGE] = 1
+                w1.reset()
+                assert list(w2.dirty()) == [0]
+                assert list(w1.dirty()) == []
+        with (
+            memwatch.Watch(base, PAGE, backend="softdirty"),
+            pytest.raises(memwatch.UnsupportedError, match="clear_refs"),
+        ):
+            memwatch.Watch(base + 2 * PAGE, PAGE, backend="syscall")

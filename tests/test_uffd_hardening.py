@@ -312,7 +312,10 @@ def test_madv_dontneed_zeroing_counts_as_a_write(backend: str) -> None:
         m.madvise(mmap.MADV_DONTNEED, PS, PS)
         assert m[PS] == 0
         got = list(w.dirty(reset=True))
-        if backend == "mprotect":
+        if backend in ("mprotect", "pagemap_scan"):
+            # pagemap_scan: the zap leaves pte_none, which populated-only
+            # write-protection cannot tell from a hole (src/pagemap_scan.cpp,
+            # protect_populated, limit (c)); pb 18:00, lead to confirm.
             assert got == []
         else:
             assert got == [PS]
