@@ -9,8 +9,8 @@
 # the series does not regress clear_refs or PAGEMAP_SCAN; --only picks one group. All binaries
 # run in one QEMU guest booted from that kernel (ci/vm-run.sh), after a setup that the tests
 # themselves leave alone (they skip, with the reason, without it): swap on a 64 MiB RAM disk
-# (/dev/ram0), ksmd running (fast scan), two reserved hugetlb pages; Yama's default
-# ptrace_scope=1 is kept. The TAP is checked, not just the exit status: each binary must print
+# (/dev/ram0), ksmd running (fast scan), two reserved hugetlb pages, Yama ptrace_scope=1
+# (the kernel's default, which the virtme-ng guest turns off). The TAP is checked, not just the exit status: each binary must print
 # a plan and exactly that many ok/not ok lines. Exit status: the first failing binary's, 1 if
 # the TAP is incomplete, or vm-run's (124 timeout, 255 no exit status, 1 kernel
 # WARNING/BUG/KASAN/lockdep). The last line is "selftest: N passed, N failed, N skipped".
@@ -120,6 +120,7 @@ if [[ -w /sys/kernel/mm/ksm/run ]]; then
     echo "# setup: ksmd running"
 fi
 echo 2 > /proc/sys/vm/nr_hugepages 2>/dev/null
+echo 1 > /proc/sys/kernel/yama/ptrace_scope 2>/dev/null
 echo "# setup: hugetlb pages: $(cat /proc/sys/vm/nr_hugepages 2>/dev/null)," \
     "yama ptrace_scope: $(cat /proc/sys/kernel/yama/ptrace_scope 2>/dev/null || echo none)"
 # pagemap_ioctl creates files next to its own name: run in a scratch dir.
