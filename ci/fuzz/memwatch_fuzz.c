@@ -250,10 +250,10 @@ static pthread_rwlock_t child_lock = PTHREAD_RWLOCK_INITIALIZER;
 static int child_pidfd = -1, dead_pidfd = -1, file_fd = -1;
 static int verbose;
 
-/* Buffers for vec: a good one, and one page that is read-only. */
-static uint64_t *vec_good;
-static char *vec_ro;
+/* Buffers for vec: a good one per caller thread, and a read-only page. */
 #define VEC_GOOD_LEN 1024
+static __thread uint64_t vec_good[VEC_GOOD_LEN];
+static char *vec_ro;
 
 static int classify(int err)
 {
@@ -347,6 +347,33 @@ static void one_call(uint64_t *s)
 	long ret;
 
 	pthread_rwlock_rdlock(&child_lock);
+	/*
+	 * Most calls are valid, so that they race with the targets' changes
+	 * deep in the walk; the rest draw every argument from its bad classes.
+	 */
+	if (pick(s, 10) < 6) {
+		unsigned long first = pick(s, WIN_PAGES);
+		static const unsigned int valid[] = {
+			MW_GET, MW_CLEAR, MW_GET | MW_CLEAR, MW_GET | MW_NRR,
+			MW_CLEAR | MW_NRR, MW_GET | MW_CLEAR | MW_NRR,
+		};
+
+		pidfd = pick(s, 3) ? child_pidfd :
+			pick(s, 2) ? PIDFD_SELF_THREAD : PIDFD_SELF_THREAD_GROUP;
+		start = (unsigned long)win + first * ps;
+		len = (1 + pick(s, WIN_PAGES - first)) * ps;
+		flags = valid[pick(s, 6)];
+		if (flags & MW_GET) {
+			vec = vec_good;
+			cap = VEC_GOOD_LEN;
+			vec_len = 1 + pick(s, VEC_GOOD_LEN);
+		} else {
+			vec = NULL;
+			cap = 0;
+			vec_len = 0;
+		}
+		goto call;
+	}
 	switch (pick(s, 12)) {
 	case 0: pidfd = PIDFD_SELF_THREAD; break;
 	case 1: pidfd = PIDFD_SELF_THREAD_GROUP; break;
@@ -371,6 +398,7 @@ static void one_call(uint64_t *s)
 		vec_len = 0;
 	}
 
+call:
 	ret = syscall(__NR_process_memwatch, pidfd, start, len, flags, vec, vec_len);
 	e = ret < 0 ? classify(errno) : E_OK;
 	pthread_rwlock_unlock(&child_lock);
@@ -447,11 +475,10 @@ int main(int argc, char **argv)
 	}
 	win = mmap(NULL, WIN_PAGES * ps, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	vec_good = calloc(VEC_GOOD_LEN, sizeof(*vec_good));
 	vec_ro = mmap(NULL, 2 * ps, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	file_fd = open("/proc/self/exe", O_RDONLY);
-	if (win == MAP_FAILED || !vec_good || vec_ro == MAP_FAILED || file_fd < 0 ||
+	if (win == MAP_FAILED || vec_ro == MAP_FAILED || file_fd < 0 ||
 	    mprotect(vec_ro + ps, ps, PROT_READ)) {
 		perror("memwatch_fuzz: setup");
 		return 2;
