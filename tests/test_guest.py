@@ -87,20 +87,20 @@ def _mprotect(addr: int, length: int, prot: int) -> None:
 @pytest.mark.parametrize("no_reused_regions", [False, True], ids=["default", "nrr"])
 def test_syscall_write_then_fork_not_lost(no_reused_regions: bool) -> None:
     rw = mmap.PROT_READ | mmap.PROT_WRITE
-    with mock.patch.object(memwatch._watch, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions):
-        with anon(4) as m, memwatch.Watch(m, backend="syscall") as w:
-            a = address_of(m)
-            m[:] = b"x" * len(m)
-            w.reset()
-            _mprotect(a, 4 * PAGE, mmap.PROT_READ)
-            _mprotect(a, 4 * PAGE, rw)
-            m[PAGE + 5] = 7
-            pid = os.fork()
-            if pid == 0:
-                os._exit(0)
-            os.waitpid(pid, 0)
-            assert [g // PAGE for g in w.dirty(reset=True)] == [1]
-            assert list(w.dirty()) == []
+    mode = mock.patch.object(memwatch._watch, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions)
+    with mode, anon(4) as m, memwatch.Watch(m, backend="syscall") as w:
+        a = address_of(m)
+        m[:] = b"x" * len(m)
+        w.reset()
+        _mprotect(a, 4 * PAGE, mmap.PROT_READ)
+        _mprotect(a, 4 * PAGE, rw)
+        m[PAGE + 5] = 7
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert [g // PAGE for g in w.dirty(reset=True)] == [1]
+        assert list(w.dirty()) == []
 
 
 @needs_syscall
