@@ -45,7 +45,7 @@
 #define MEMWATCH_SD_GET 0x1
 #define MEMWATCH_SD_CLEAR 0x2
 #define MEMWATCH_SD_NO_REUSED_REGIONS 0x4
-#define PIDFD_SELF_THREAD_GROUP (-10001)
+#define PIDFD_SELF_THREAD (-10000)	/* v2 accepts only this one */
 
 struct page_region {
 	uint64_t start, end, categories;
@@ -160,7 +160,7 @@ static unsigned int mw_flags;
 static long memwatch(char *base, size_t len, unsigned int flags, uint64_t *vec,
 		     size_t cap)
 {
-	return syscall(NR_process_memwatch, PIDFD_SELF_THREAD_GROUP,
+	return syscall(NR_process_memwatch, PIDFD_SELF_THREAD,
 		       (unsigned long)base, len, flags, vec, cap);
 }
 
