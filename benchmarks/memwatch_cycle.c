@@ -9,7 +9,7 @@
  * reservation versus on a 64 MiB mapping alone.
  *
  *   cc -O2 -Wall -Wextra -pthread -o memwatch_cycle memwatch_cycle.c
- *   ./memwatch_cycle [repeats=11]
+ *   ./memwatch_cycle [repeats=11 [rows=01234]]   (rows: indexes into the list below)
  *
  * Rows:
  *   process_memwatch GET|CLEAR          syscall 500, default mode
@@ -460,9 +460,14 @@ static int reps_for(size_t n, int repeats)
 int main(int argc, char **argv)
 {
 	int repeats = argc > 1 ? atoi(argv[1]) : 11;
+	const char *rows = argc > 2 ? argv[2] : "01234";
 	size_t sparse_pages = (64UL << 20) / sysconf(_SC_PAGESIZE);
 	size_t huge_pages = (1UL << 40) / sysconf(_SC_PAGESIZE);
 
+	if (repeats < 3)
+		repeats = 3;
+	if (repeats > MAXREP)
+		repeats = MAXREP;
 	psize = sysconf(_SC_PAGESIZE);
 	out = calloc(sparse_pages > PAGES ? sparse_pages : PAGES, sizeof(*out));
 	seen = calloc(PAGES, 1);
@@ -480,6 +485,8 @@ int main(int argc, char **argv)
 	for (size_t m = 0; m < sizeof(mechs) / sizeof(*mechs); m++) {
 		const struct mech *me = &mechs[m];
 
+		if (!strchr(rows, (int)('0' + m)))
+			continue;
 		npages = PAGES;
 		mem = map_region(PAGES, 1);
 		mw_flags = me->mw_flags;
