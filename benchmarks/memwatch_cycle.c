@@ -514,7 +514,7 @@ int main(int argc, char **argv)
 	}
 
 	/* Sparse: 64 MiB populated in the middle of a 1 TiB reservation. */
-	for (int nrr = 0; nrr < 2; nrr++) {
+	for (int nrr = 1; nrr >= 0; nrr--) {
 		char *alone, *huge, *pop;
 		double a, h;
 		int bad = 0;
@@ -556,7 +556,7 @@ int main(int argc, char **argv)
 			h = t[repeats / 2] / 1000.0;
 		}
 		printf("%ssparse%s (N=100): 64 MiB alone %.0f us, 64 MiB in 1 TiB %.0f us, ratio %.2fx%s\n",
-		       nrr ? "" : "\n", nrr ? " NRR" : "", a, h, h / a,
+		       nrr ? "\n" : "", nrr ? " NRR" : "", a, h, h / a,
 		       bad ? " (!: wrong count)" : "");
 		munmap(alone, sparse_pages * psize);
 		munmap(huge, huge_pages * psize);
