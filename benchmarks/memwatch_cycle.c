@@ -9,7 +9,7 @@
  * reservation versus on a 64 MiB mapping alone.
  *
  *   cc -O2 -Wall -Wextra -pthread -o memwatch_cycle memwatch_cycle.c
- *   ./memwatch_cycle [repeats=11]
+ *   ./memwatch_cycle [repeats=11 [rows=01234]]   (rows: indexes into the list below)
  *
  * Rows:
  *   process_memwatch GET|CLEAR          syscall 500, default mode
@@ -460,9 +460,14 @@ static int reps_for(size_t n, int repeats)
 int main(int argc, char **argv)
 {
 	int repeats = argc > 1 ? atoi(argv[1]) : 11;
+	const char *rows = argc > 2 ? argv[2] : "01234";
 	size_t sparse_pages = (64UL << 20) / sysconf(_SC_PAGESIZE);
 	size_t huge_pages = (1UL << 40) / sysconf(_SC_PAGESIZE);
 
+	if (repeats < 3)
+		repeats = 3;
+	if (repeats > MAXREP)
+		repeats = MAXREP;
 	psize = sysconf(_SC_PAGESIZE);
 	out = calloc(sparse_pages > PAGES ? sparse_pages : PAGES, sizeof(*out));
 	seen = calloc(PAGES, 1);
@@ -480,6 +485,8 @@ int main(int argc, char **argv)
 	for (size_t m = 0; m < sizeof(mechs) / sizeof(*mechs); m++) {
 		const struct mech *me = &mechs[m];
 
+		if (!strchr(rows, (int)('0' + m)))
+			continue;
 		npages = PAGES;
 		mem = map_region(PAGES, 1);
 		mw_flags = me->mw_flags;
@@ -507,7 +514,7 @@ int main(int argc, char **argv)
 	}
 
 	/* Sparse: 64 MiB populated in the middle of a 1 TiB reservation. */
-	for (int nrr = 0; nrr < 2; nrr++) {
+	for (int nrr = 1; nrr >= 0; nrr--) {
 		char *alone, *huge, *pop;
 		double a, h;
 		int bad = 0;
@@ -549,7 +556,7 @@ int main(int argc, char **argv)
 			h = t[repeats / 2] / 1000.0;
 		}
 		printf("%ssparse%s (N=100): 64 MiB alone %.0f us, 64 MiB in 1 TiB %.0f us, ratio %.2fx%s\n",
-		       nrr ? "" : "\n", nrr ? " NRR" : "", a, h, h / a,
+		       nrr ? "\n" : "", nrr ? " NRR" : "", a, h, h / a,
 		       bad ? " (!: wrong count)" : "");
 		munmap(alone, sparse_pages * psize);
 		munmap(huge, huge_pages * psize);
