@@ -447,7 +447,7 @@ PYBIND11_MODULE(_memwatch, m) {
                         .cast<unsigned long>();
     py::register_exception<memwatch::TrackerShared>(m, "TrackerShared", PyExc_RuntimeError);
 
-    m.attr("PIDFD_SELF") = MEMWATCH_PIDFD_SELF;
+    m.attr("PIDFD_SELF") = memwatch::uapi::PIDFD_SELF;
     m.attr("NR_PROCESS_MEMWATCH") = memwatch::uapi::NR_process_memwatch;
     m.attr("PAGE_SIZE") = memwatch::page_size();
     m.attr("MEMWATCH_SD_GET") = MEMWATCH_SD_GET;

@@ -28,7 +28,7 @@ constexpr int PIDFD_SELF_THREAD = -10000;
 constexpr int PIDFD_SELF_THREAD_GROUP = -10001;
 // What memwatch.PIDFD_SELF names: mainline's PIDFD_SELF is PIDFD_SELF_THREAD.  For
 // process_memwatch both name the caller's mm; the thread form is also what v2
-// kernels (MEMWATCH_PIDFD_SELF = -10000) accept.
+// kernels (whose private sentinel had the same value, -10000) accept.
 constexpr int PIDFD_SELF = PIDFD_SELF_THREAD;
 
 // ---- PAGEMAP_SCAN (include/uapi/linux/fs.h) --------------------------------
@@ -150,8 +150,3 @@ constexpr std::uint64_t PM_SOFT_DIRTY_BIT = 55;
 
 }  // namespace uapi
 }  // namespace memwatch
-
-// Transitional: src/_memwatch.cpp still spells the sentinel the v2 way.
-#ifndef MEMWATCH_PIDFD_SELF
-#define MEMWATCH_PIDFD_SELF (::memwatch::uapi::PIDFD_SELF)
-#endif
