@@ -39,7 +39,7 @@ mw_ensure_debs() {
 # Everything a kernel build and a virtme-ng guest need on the host.
 mw_ensure_build_deps() {
     mw_ensure_debs "$MW_SRC_PACKAGE" make gcc libc6-dev xz-utils flex bison bc libelf-dev \
-        libssl-dev dwarves ccache patch
+        libssl-dev dwarves ccache patch rsync
 }
 
 mw_ensure_vm_deps() {

@@ -3,11 +3,25 @@
 #   1. the Python suite on the host (tests needing the patched kernel skip here),
 #   2. checkpatch --strict on the kernel series,
 #   3. build the patched kernel (cached under ~/.cache/memwatch),
-#   4. the kernel selftest in a QEMU guest running that kernel,
-#   5. the guest-only Python tests (-m guest) in the same kind of guest.
+#   4. the kernel selftests in a QEMU guest running that kernel (memwatch_test -m64/-m32,
+#      and the kernel's own soft-dirty and pagemap_ioctl, to show no regression),
+#   5. a short random-argument fuzz run (ci/fuzz.sh; a long one is run on demand),
+#   6. the guest-only Python tests (-m guest) in the same kind of guest.
+# Each stage prints its wall time ("== ... done in S s").
 # Set MEMWATCH_SKIP_GUEST=1 to run only step 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# stage NAME CMD...: run one stage, print its wall time (also when it fails).
+stage() {
+	local name=$1 t0 rc=0
+	shift
+	echo "== $name" >&2
+	t0=$(date +%s)
+	"$@" || rc=$?
+	echo "== $name: done in $(($(date +%s) - t0)) s (exit $rc)" >&2
+	return "$rc"
+}
 
 pytest_ok() {
 	# pytest exits 5 when it collected no test; that is not a failure here.
@@ -20,26 +34,17 @@ pytest_ok() {
 	return "$rc"
 }
 
-echo "== host: python suite" >&2
-pytest_ok python3 -m pytest -q -rs
+stage "host: python suite" pytest_ok python3 -m pytest -q -rs
 
 if [[ ${MEMWATCH_SKIP_GUEST:-0} == 1 ]]; then
 	echo "ci/test.sh: MEMWATCH_SKIP_GUEST=1, guest stages skipped" >&2
 	exit 0
 fi
 
-echo "== deps: Debian packages and virtme-ng (quick when present)" >&2
-bash ci/deps.sh
-
-echo "== kernel: checkpatch --strict" >&2
-bash ci/checkpatch.sh
-
-echo "== kernel: build (cached)" >&2
-bash ci/build-kernel.sh >/dev/null
-
-echo "== guest: kernel selftest" >&2
-bash ci/selftest.sh
-
-echo "== guest: python tests marked 'guest'" >&2
-pytest_ok bash ci/vm-run.sh -- env MEMWATCH_IN_GUEST=1 \
+stage "deps: Debian packages and virtme-ng (quick when present)" bash ci/deps.sh
+stage "kernel: checkpatch --strict" bash ci/checkpatch.sh
+stage "kernel: build (cached)" bash ci/build-kernel.sh >/dev/null
+stage "guest: kernel selftests (memwatch_test, soft-dirty, pagemap_ioctl)" bash ci/selftest.sh
+stage "guest: short fuzz run" bash ci/fuzz.sh --calls 3000
+stage "guest: python tests marked 'guest'" pytest_ok bash ci/vm-run.sh -- env MEMWATCH_IN_GUEST=1 \
 	python3 -m pytest -q -rs -m guest -p no:cacheprovider

@@ -10,6 +10,10 @@
  * (__NR_process_memwatch).  It is an out-of-tree number chosen well above
  * mainline's allocation frontier (469 in 6.18) and below x86_64's x32 range
  * (512), so that a stock kernel answers a probe with ENOSYS.
+ *
+ * The caller names itself with the generic pidfd sentinels of
+ * <linux/pidfd.h>: PIDFD_SELF_THREAD (-10000) or PIDFD_SELF_THREAD_GROUP
+ * (-10001).
  */
 #ifndef _UAPI_LINUX_MEMWATCH_H
 #define _UAPI_LINUX_MEMWATCH_H
@@ -20,15 +24,5 @@
 #define MEMWATCH_SD_CLEAR		0x2
 /* Ignore VM_SOFTDIRTY (newly mapped regions); per-page state only. */
 #define MEMWATCH_SD_NO_REUSED_REGIONS	0x4
-
-#define MEMWATCH_SD_FLAGS_MASK		(MEMWATCH_SD_GET | MEMWATCH_SD_CLEAR | \
-					 MEMWATCH_SD_NO_REUSED_REGIONS)
-
-/*
- * Names the calling process in place of a pidfd.  v1 used 0, which is a
- * valid file descriptor; this value can never be one.  It equals mainline's
- * PIDFD_SELF (6.15+).
- */
-#define MEMWATCH_PIDFD_SELF		(-10000)
 
 #endif /* _UAPI_LINUX_MEMWATCH_H */

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PIDFD_SELF", "process_memwatch"]
 
-#: Names the calling process in place of a pidfd (``MEMWATCH_PIDFD_SELF``).
+#: Names the calling process in place of a pidfd: ``PIDFD_SELF_THREAD`` (-10000)
+#: of ``<linux/pidfd.h>``, mainline's ``PIDFD_SELF``; the kernel also accepts
+#: ``PIDFD_SELF_THREAD_GROUP`` (-10001).  Both name the caller's memory.
 PIDFD_SELF: Final[int] = _memwatch.PIDFD_SELF
 
 _ULONG_MAX: Final = (1 << 64) - 1

@@ -70,7 +70,7 @@ Probe syscall_probe() {
         Mapping m(page_size());
         m.data()[0] = 1;
         std::uint64_t vec[1] = {~std::uint64_t{0}};
-        if (process_memwatch(MEMWATCH_PIDFD_SELF, reinterpret_cast<std::uintptr_t>(m.data()),
+        if (process_memwatch(uapi::PIDFD_SELF, reinterpret_cast<std::uintptr_t>(m.data()),
                              m.size(), MEMWATCH_SD_GET, vec, 1) < 0) {
             const int err = errno;
             switch (err) {

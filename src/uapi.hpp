@@ -21,6 +21,16 @@ static_assert(MEMWATCH_SD_GET == 0x1 && MEMWATCH_SD_CLEAR == 0x2 &&
                   MEMWATCH_SD_NO_REUSED_REGIONS == 0x4,
               "linux/memwatch.h flag values changed");
 
+// ---- pidfd sentinels (include/uapi/linux/pidfd.h, mainline 6.15+; the kernel
+// series backports them into pidfd_get_task()).  <linux/pidfd.h> itself clashes
+// with glibc's <fcntl.h>, hence the copies.
+constexpr int PIDFD_SELF_THREAD = -10000;
+constexpr int PIDFD_SELF_THREAD_GROUP = -10001;
+// What memwatch.PIDFD_SELF names: mainline's PIDFD_SELF is PIDFD_SELF_THREAD.  For
+// process_memwatch both name the caller's mm; the thread form is also what v2
+// kernels (MEMWATCH_PIDFD_SELF = -10000) accept.
+constexpr int PIDFD_SELF = PIDFD_SELF_THREAD;
+
 // ---- PAGEMAP_SCAN (include/uapi/linux/fs.h) --------------------------------
 struct page_region {
     std::uint64_t start;
@@ -140,3 +150,8 @@ constexpr std::uint64_t PM_SOFT_DIRTY_BIT = 55;
 
 }  // namespace uapi
 }  // namespace memwatch
+
+// Transitional: src/_memwatch.cpp still spells the sentinel the v2 way.
+#ifndef MEMWATCH_PIDFD_SELF
+#define MEMWATCH_PIDFD_SELF (::memwatch::uapi::PIDFD_SELF)
+#endif

@@ -7,17 +7,24 @@ guest through ci/vm-run.sh with ``pytest -m guest``.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import subprocess
 import sys
 from array import array
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import BACKENDS, PAGE, Child, address_of, anon, backend_params, skip_reason
+from test_differential import MAX_PAGES, PROFILE, ops, run_program
 
 import memwatch
+import memwatch._watch
 from memwatch import Flags
 
 pytestmark = pytest.mark.guest
@@ -41,6 +48,59 @@ def _get(start: int, npages: int, flags: int = GET, pidfd: int = SELF) -> list[i
 
 
 # -- the bare system call -------------------------------------------------------
+
+
+# The differential test (tests/test_differential.py) runs the syscall backend in
+# the mode memwatch._watch picks; here it runs in both modes the kernel accepts,
+# so a mode the backend does not use by default cannot rot unnoticed.
+@needs_syscall
+@pytest.mark.parametrize("no_reused_regions", [False, True], ids=["default", "nrr"])
+@PROFILE
+@given(
+    npages=st.integers(1, MAX_PAGES),
+    program=st.lists(ops, max_size=14),
+    chunk=st.sampled_from([1, 3, 1 << 16]),
+)
+def test_differential_syscall_modes(
+    no_reused_regions: bool, npages: int, program: list[object], chunk: int
+) -> None:
+    with mock.patch.object(memwatch._watch, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions):
+        run_program("syscall", npages, program, chunk)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _mprotect(addr: int, length: int, prot: int) -> None:
+    if _libc.mprotect(addr, length, prot) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+# The v2 review's NO_REUSED_REGIONS hole, end to end through the facade: a
+# fresh mapping is reset, mprotect(R) then mprotect(RW) makes the PTE writable
+# without a fault, a page is written, and fork() write-protects the PTE again.
+# The next dirty() must report the page, in the mode the backend uses and in both
+# raw modes.
+@needs_syscall
+@pytest.mark.parametrize("no_reused_regions", [False, True], ids=["default", "nrr"])
+def test_syscall_write_then_fork_not_lost(no_reused_regions: bool) -> None:
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+    mode = mock.patch.object(memwatch._watch, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions)
+    with mode, anon(4) as m, memwatch.Watch(m, backend="syscall") as w:
+        a = address_of(m)
+        m[:] = b"x" * len(m)
+        w.reset()
+        _mprotect(a, 4 * PAGE, mmap.PROT_READ)
+        _mprotect(a, 4 * PAGE, rw)
+        m[PAGE + 5] = 7
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert [g // PAGE for g in w.dirty(reset=True)] == [1]
+        assert list(w.dirty()) == []
 
 
 @needs_syscall
