@@ -181,7 +181,8 @@ static int mw_setup(void)
 
 	if (memwatch(mem, psize, MEMWATCH_SD_GET, &v, 1) < 0)
 		return -1;
-	mw_collect(mem, npages);
+	if (memwatch(mem, npages * psize, MEMWATCH_SD_CLEAR | mw_flags, NULL, 0))
+		die("process_memwatch CLEAR");
 	return 0;
 }
 
@@ -521,13 +522,12 @@ int main(int argc, char **argv)
 			printf("\nsparse: n/a (%s)\n", strerror(errno));
 			break;
 		}
-		/* arm both, untimed */
-		memwatch(alone, sparse_pages * psize,
-			 MEMWATCH_SD_GET | MEMWATCH_SD_CLEAR | mw_flags, out,
-			 sparse_pages);
-		memwatch(huge, huge_pages * psize,
-			 MEMWATCH_SD_GET | MEMWATCH_SD_CLEAR | mw_flags, out,
-			 sparse_pages);
+		/* clear both whole (CLEAR alone has no vec to fill), untimed */
+		if (memwatch(alone, sparse_pages * psize,
+			     MEMWATCH_SD_CLEAR | mw_flags, NULL, 0) ||
+		    memwatch(huge, huge_pages * psize,
+			     MEMWATCH_SD_CLEAR | mw_flags, NULL, 0))
+			die("process_memwatch CLEAR");
 		a = cycle(alone, sparse_pages, 100, repeats, mw_collect, &bad);
 		/* the cycle writes in pop, collects over all of huge */
 		{
