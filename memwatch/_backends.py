@@ -58,16 +58,13 @@ def _no_args(pid: int, pidfd: int) -> tuple[object, ...]:
 
 
 # The syscall backend passes MEMWATCH_SD_NO_REUSED_REGIONS on every call.
-# Without it, a VMA flagged VM_SOFTDIRTY reads as dirty in full, and the kernel
-# sets that flag on any VMA that a new mapping merges into: an unrelated mmap
-# next to the watched range (the interpreter's allocator does this all the
-# time) would make every watched page "written".  With it only per-page state
-# counts, and process_memwatch v2 still never misses a write: a PTE that is
-# writable is reported dirty, so a page made writable without a fault (e.g.
-# mprotect inside a VM_SOFTDIRTY VMA) is reported rather than lost.  What it
-# gives up -- reporting a region replaced under the Watch (munmap + mmap) as
-# new even where nothing wrote to it -- is outside what a Watch promises: the
-# uffd-based backends lose their registration in that case anyway.
+# Without it, a VMA flagged VM_SOFTDIRTY (new, never reset, or merged with a
+# new mapping) reads as dirty in full.  On the v3 kernel the mode is sound: a
+# reset "arms" its range (per-page soft-dirty is maintained there and an armed
+# VMA never merges with a fresh one), and in a VMA that was never armed every
+# populated page is reported, so no write after a reset is lost, and fewer
+# pages are reported than in the default mode.  tests/test_guest.py runs the
+# differential test in both modes.
 _SYSCALL_NO_REUSED_REGIONS: Final = True
 
 

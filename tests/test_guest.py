@@ -24,7 +24,7 @@ from support import BACKENDS, PAGE, Child, address_of, anon, backend_params, ski
 from test_differential import MAX_PAGES, PROFILE, ops, run_program
 
 import memwatch
-import memwatch._watch
+import memwatch._backends
 from memwatch import Flags
 
 pytestmark = pytest.mark.guest
@@ -51,7 +51,7 @@ def _get(start: int, npages: int, flags: int = GET, pidfd: int = SELF) -> list[i
 
 
 # The differential test (tests/test_differential.py) runs the syscall backend in
-# the mode memwatch._watch picks; here it runs in both modes the kernel accepts,
+# the mode memwatch._backends picks; here it runs in both modes the kernel accepts,
 # so a mode the backend does not use by default cannot rot unnoticed.
 @needs_syscall
 @pytest.mark.parametrize("no_reused_regions", [False, True], ids=["default", "nrr"])
@@ -64,7 +64,7 @@ def _get(start: int, npages: int, flags: int = GET, pidfd: int = SELF) -> list[i
 def test_differential_syscall_modes(
     no_reused_regions: bool, npages: int, program: list[object], chunk: int
 ) -> None:
-    with mock.patch.object(memwatch._watch, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions):
+    with mock.patch.object(memwatch._backends, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions):
         run_program("syscall", npages, program, chunk)
 
 
@@ -87,7 +87,7 @@ def _mprotect(addr: int, length: int, prot: int) -> None:
 @pytest.mark.parametrize("no_reused_regions", [False, True], ids=["default", "nrr"])
 def test_syscall_write_then_fork_not_lost(no_reused_regions: bool) -> None:
     rw = mmap.PROT_READ | mmap.PROT_WRITE
-    mode = mock.patch.object(memwatch._watch, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions)
+    mode = mock.patch.object(memwatch._backends, "_SYSCALL_NO_REUSED_REGIONS", no_reused_regions)
     with mode, anon(4) as m, memwatch.Watch(m, backend="syscall") as w:
         a = address_of(m)
         m[:] = b"x" * len(m)
