@@ -111,10 +111,6 @@ def test_page_tables_follow_the_populated_part(backend: str) -> None:
     """Watching a 1 TiB reservation with 64 MiB populated costs page tables
     for about the 64 MiB (128 KiB of PTE tables), not for the terabyte (2
     GiB of markers before this fix)."""
-    if backend != "pagemap_scan":
-        # uffd write-protects through UFFDIO_WRITEPROTECT (markers over the
-        # whole range); its sparse cost is the uffd backend's to fix.
-        pytest.skip("page-table bound asserted for pagemap_scan only (see notes/pb.md)")
     r = Reservation(1 << 40)
     try:
         pop = 64 << 20
