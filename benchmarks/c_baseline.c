@@ -32,32 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-struct page_region {
-	uint64_t start, end, categories;
-};
-
-struct pm_scan_arg {
-	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
-	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
-};
-
-struct uffdio_api {
-	uint64_t api, features, ioctls;
-};
-
-struct uffdio_range {
-	uint64_t start, len;
-};
-
-struct uffdio_register {
-	struct uffdio_range range;
-	uint64_t mode, ioctls;
-};
-
-struct uffdio_writeprotect {
-	struct uffdio_range range;
-	uint64_t mode;
-};
+#include "uapi_compat.h"
 
 #define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
 #define PAGE_IS_WRITTEN (1ULL << 1)

@@ -47,32 +47,7 @@
 #define MEMWATCH_SD_NO_REUSED_REGIONS 0x4
 #define PIDFD_SELF_THREAD (-10000)	/* v2 accepts only this one */
 
-struct page_region {
-	uint64_t start, end, categories;
-};
-
-struct pm_scan_arg {
-	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
-	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
-};
-
-struct uffdio_api {
-	uint64_t api, features, ioctls;
-};
-
-struct uffdio_range {
-	uint64_t start, len;
-};
-
-struct uffdio_register {
-	struct uffdio_range range;
-	uint64_t mode, ioctls;
-};
-
-struct uffdio_writeprotect {
-	struct uffdio_range range;
-	uint64_t mode;
-};
+#include "uapi_compat.h"
 
 struct uffd_msg {
 	uint8_t event, reserved1;
