@@ -12,6 +12,7 @@ import ctypes
 import errno
 import importlib.util
 import mmap
+import os
 import shutil
 import subprocess
 import sys
@@ -394,3 +395,37 @@ sys.exit(os.waitstatus_to_exitcode(status))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _readme_blocks(heading: str, lang: str) -> list[str]:
+    text = (HERE.parent / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [b.split("```", 1)[0] for b in section.split(f"```{lang}\n")[1:]]
+
+
+def test_readme_example_builds_and_runs(tmp_path: Path) -> None:
+    """The README's framewatch.c, built by its own shell lines, run by its
+    own Python lines; the output is what their comments say."""
+    if not (HERE.parent / "README.md").exists():
+        pytest.skip("README.md is not next to the tests (installed package)")
+    if shutil.which("cc") is None:
+        pytest.skip("needs cc")
+    heading = "For C and C++ extensions"
+    (c_code,) = _readme_blocks(heading, "c")
+    (sh_code,) = _readme_blocks(heading, "sh")
+    (py_code,) = _readme_blocks(heading, "python")
+    (tmp_path / "framewatch.c").write_text(c_code)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(memwatch.__file__).resolve().parents[1]), str(tmp_path)]))
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    build = subprocess.run(["bash", "-euc", sh_code], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([sys.executable, "-c", py_code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    expected = [line.split("# ", 1)[1].strip() for line in py_code.splitlines()
+                if line.startswith("print(")]
+    if PAGE != 4096:
+        expected[0] = str([5 * PAGE])
+    assert run.stdout.splitlines() == expected

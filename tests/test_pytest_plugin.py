@@ -292,3 +292,19 @@ def test_benchmark_option_needs_pytest_benchmark(pytester: pytest.Pytester) -> N
     result = pytester.runpytest(*PLUGIN, "-p", "no:benchmark", "--memwatch-benchmark")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--memwatch-benchmark needs pytest-benchmark*"])
+
+
+def _readme_block(heading: str, lang: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_example_passes(pytester: pytest.Pytester) -> None:
+    if not (ROOT / "README.md").exists():
+        pytest.skip("README.md is not next to the tests (installed package)")
+    code = _readme_block("For test suites (pytest)", "python")
+    assert "def test_update_writes_one_page(page_writes):" in code
+    pytester.makepyfile(test_pages=code)
+    result = pytester.runpytest(*PLUGIN, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
