@@ -308,3 +308,15 @@ def test_readme_example_passes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_pages=code)
     result = pytester.runpytest(*PLUGIN, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_autoloaded_through_the_entry_point_when_installed(pytester: pytest.Pytester) -> None:
+    from importlib.metadata import entry_points
+
+    eps = [ep for ep in entry_points(group="pytest11") if ep.name == "pytest_memwatch"]
+    if not eps:
+        pytest.skip("memwatch's dist-info (pip install) is not on this path: nothing autoloads")
+    assert eps[0].value == "pytest_memwatch"
+    pytester.makepyfile("def test_x(page_writes):\n    assert page_writes.backend == 'auto'\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")  # no -p pytest_memwatch
+    result.assert_outcomes(passed=1)
