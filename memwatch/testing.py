@@ -272,7 +272,7 @@ def writable_buffers(args: Sequence[object], kwargs: Mapping[str, object]) -> li
         try:
             with memoryview(obj) as view:  # type: ignore[arg-type]
                 ok = not view.readonly and view.c_contiguous and view.nbytes > 0
-        except TypeError:
+        except (TypeError, ValueError, BufferError):  # no buffer, a closed mmap, ...
             continue
         if ok:
             found.append((name, obj))

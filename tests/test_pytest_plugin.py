@@ -320,3 +320,17 @@ def test_autoloaded_through_the_entry_point_when_installed(pytester: pytest.Pyte
     pytester.makepyfile("def test_x(page_writes):\n    assert page_writes.backend == 'auto'\n")
     result = pytester.runpytest("-p", "no:cacheprovider")  # no -p pytest_memwatch
     result.assert_outcomes(passed=1)
+
+
+def test_benchmark_watches_only_writable_contiguous_buffers() -> None:
+    import mmap
+
+    from memwatch.testing import writable_buffers
+
+    np = pytest.importorskip("numpy")
+    m = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE)
+    closed = mmap.mmap(-1, 4096)
+    closed.close()
+    args = (m, closed, b"x", bytearray(3), np.zeros(4)[::2], memoryview(b"ab"), 7, bytearray())
+    found = writable_buffers(args, {"k": bytearray(1)})
+    assert [name for name, _ in found] == ["arg 0", "arg 3", "k="]
