@@ -11,6 +11,9 @@
 // reports every write to every Watch.
 #include "capi.hpp"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -120,12 +123,45 @@ bool finalizing() noexcept {
 #endif
 }
 
+// Interpreter exit.  CPython ends a thread that asks for the GIL once
+// finalization has begun (pthread_exit inside PyGILState_Ensure: through
+// our noexcept frames that is std::terminate), and a thread parked inside
+// the registry would hold its lock.  So an atexit hook, which runs before
+// finalization starts, closes the gate: from then on a thread that does not
+// hold the GIL never asks for it (ECANCELED), and the hook waits, with the
+// GIL released, until every thread that got in before has left Python.
+// seq_cst on both atomics: a thread counts itself in, then reads the gate;
+// the hook closes the gate, then reads the count (the store-buffering pair).
+std::atomic<bool> g_gate_closed{false};
+std::atomic<int> g_in_python{0};
+
+void close_gate() {
+    g_gate_closed.store(true);
+    PyThreadState *ts = PyEval_SaveThread();
+    for (int i = 0; i < 5000 && g_in_python.load() != 0; ++i) {
+        ::usleep(1000);  // at most 5 s: exit must never hang
+    }
+    PyEval_RestoreThread(ts);
+}
+
 // The GIL for one call that must run Python, from any thread.
 class Gil {
 public:
     Gil() noexcept {
-        if (!Py_IsInitialized() || finalizing()) {
-            set_error(ECANCELED, "the Python interpreter is finalizing: memwatch cannot run Python");
+        if (!Py_IsInitialized()) {
+            set_error(ECANCELED, "the Python interpreter is not running");
+            return;
+        }
+        if (PyGILState_Check()) {  // e.g. a capsule destructor: already ours
+            state_ = PyGILState_Ensure();
+            held_ = true;
+            return;
+        }
+        g_in_python.fetch_add(1);
+        counted_ = true;
+        if (g_gate_closed.load() || finalizing()) {
+            set_error(ECANCELED, "the Python interpreter is exiting: memwatch cannot run Python "
+                                 "for this call any more");
             return;
         }
         state_ = PyGILState_Ensure();
@@ -135,6 +171,9 @@ public:
         if (held_) {
             PyGILState_Release(state_);
         }
+        if (counted_) {
+            g_in_python.fetch_sub(1);
+        }
     }
     Gil(const Gil &) = delete;
     Gil &operator=(const Gil &) = delete;
@@ -143,6 +182,7 @@ public:
 private:
     PyGILState_STATE state_{};
     bool held_ = false;
+    bool counted_ = false;
 };
 
 const char *static_backend_name(const std::string &name) {
@@ -469,6 +509,8 @@ void install(py::module_ &m, TrackerOf tracker_of) {
         throw py::error_already_set();
     }
     m.attr("_C_API") = py::reinterpret_steal<py::object>(cap);
+    py::module_::import("atexit").attr("register")(
+        py::cpp_function([] { close_gate(); }, py::name("_memwatch_capi_close_gate")));
 }
 
 }  // namespace memwatch::capi

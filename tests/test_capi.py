@@ -432,3 +432,30 @@ def test_readme_example_builds_and_runs(tmp_path: Path) -> None:
     if PAGE != 4096:
         expected[0] = str([5 * PAGE])
     assert run.stdout.splitlines() == expected
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "shared"])
+def test_exit_with_c_watches_open_and_a_c_thread_polling(ext: Any, shared: bool) -> None:
+    """The interpreter exits cleanly while a C thread still polls (the
+    shared case asks for the GIL during finalization: refused, not a hang)
+    and a watch is closed by a capsule destructor at exit."""
+    code = f"""
+import ctypes, mmap, sys, importlib.util
+sys.path[:0] = {sys.path!r}
+import memwatch
+spec = importlib.util.spec_from_file_location("_mwcapi_v1", {ext.__file__!r})
+ext = importlib.util.module_from_spec(spec); spec.loader.exec_module(ext)
+ext.import_api(1)
+buf = mmap.mmap(-1, 8 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+h = ext.open(addr, len(buf))
+if {shared!r}:
+    w = memwatch.Watch(addr, len(buf))
+ext.poll_start(h, 8)
+for i in range(2000):
+    buf[(i % 8) * mmap.PAGESIZE] = 1
+print("exiting")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "exiting\n", "")

@@ -45,9 +45,13 @@
  *    wait for.
  *  - Calls on one watch from several threads are serialised; close() must
  *    not race with any other call on the same watch, and frees it.
- *  - Once the interpreter is finalizing, calls that need Python fail with
- *    ECANCELED.  In a fork() child, inherited watches fail (EINVAL): open new
- *    ones there.
+ *  - At interpreter exit (from memwatch's atexit hook on), calls that need
+ *    Python fail with ECANCELED unless the calling thread holds the GIL
+ *    (close() then still frees the handle); the hook waits (5 s at most)
+ *    for calls already inside Python to return, so no thread of yours is
+ *    ended inside PyGILState_Ensure.  The direct path (watch alone on its
+ *    pages) keeps working until the process exits.  In a fork() child,
+ *    inherited watches fail (EINVAL): open new ones there.
  *
  * Errors: a failing call returns NULL or -1 and records, for the calling
  * thread, an errno value and a message; last_error() returns both (the
