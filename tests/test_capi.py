@@ -426,7 +426,7 @@ def test_readme_example_builds_and_runs(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     run = subprocess.run([sys.executable, "-c", py_code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120, check=False)
-    assert run.returncode == 0, run.stderr
+    assert (run.returncode, run.stderr) == (0, "")
     expected = [line.split("# ", 1)[1].strip() for line in py_code.splitlines()
                 if line.startswith("print(")]
     if PAGE != 4096:
