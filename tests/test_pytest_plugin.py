@@ -4,6 +4,7 @@ pytester on small test files, as a suite that uses it would."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -334,3 +335,29 @@ def test_benchmark_watches_only_writable_contiguous_buffers() -> None:
     args = (m, closed, b"x", bytearray(3), np.zeros(4)[::2], memoryview(b"ab"), 7, bytearray())
     found = writable_buffers(args, {"k": bytearray(1)})
     assert [name for name, _ in found] == ["arg 0", "arg 3", "k="]
+
+
+def test_skips_when_memwatch_cannot_be_imported(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken install (here: a memwatch package whose import fails, first
+    on the path) skips the tests that use the fixture and leaves the rest."""
+    shadow = pytester.mkdir("shadow")
+    (shadow / "memwatch").mkdir()
+    (shadow / "memwatch" / "__init__.py").write_text(
+        "raise ImportError('simulated: the extension is missing')\n")
+    pytester.makepyfile(
+        """
+        def test_uses_it(page_writes):
+            raise AssertionError("must not run")
+
+        def test_other():
+            pass
+        """
+    )
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(shadow), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["SKIPPED*memwatch: cannot import memwatch here (simulated: the extension is missing)*"])
