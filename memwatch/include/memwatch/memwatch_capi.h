@@ -29,13 +29,18 @@
  *  - Offsets are bytes from the watch's page-aligned start
  *    (memwatch_info.address, i.e. address rounded down to page_size).
  *  - A new watch reports only writes made after open().
+ *  - open() takes an address, not a buffer export: keep the range mapped
+ *    (and a bytearray unresized) until close().
  *
  * Threads and the GIL:
  *  - dirty_into() and reset() are the hot calls.  They may be called from
  *    any thread, with or without the GIL, also from threads Python does not
  *    know.  While the watch is alone on its pages (no other memwatch Watch
  *    overlaps them) they call memwatch's C++ tracker directly: no Python, no
- *    GIL, no allocation.  While another Watch shares the pages they take the
+ *    GIL, no allocation.  (Exceptions, always through Python: a watch
+ *    opened over pages other Watches already held in part, whose range is
+ *    then several registrations, and the softdirty backend, which resets
+ *    whole processes only.)  While another Watch shares the pages they take the
  *    GIL (PyGILState_Ensure) and go through memwatch's Python registry, which
  *    gives every watch every write; they return to the direct path once the
  *    watch is alone again.  If you hold the GIL when calling them, you keep
