@@ -60,6 +60,10 @@ def test_cycle(benchmark: Any, request: pytest.FixtureRequest,
                targets: dict[str, CycleTarget], variant: Variant, api: str,
                npages: int) -> None:
     if variant.label not in targets:
+        # One at a time: softdirty refuses to share a process with another
+        # soft-dirty-family Watch (syscall), and each target holds 80 MB.
+        for label in list(targets):
+            targets.pop(label).close()
         targets[variant.label] = CycleTarget(variant)
     t = targets[variant.label]
     fn: Callable[[], int] = t.cycle(npages)

@@ -1,7 +1,7 @@
 """The summary tables of a benchmark run, from pytest-benchmark results.
 
     python -m pytest benchmarks/ --benchmark-json=out.json
-    python benchmarks/ratios.py out.json
+    python benchmarks/ratios.py out.json [--plot chart.png [--title TEXT]]
 
 (benchmarks/conftest.py prints the same tables as the very last thing of every
 run, after pytest-benchmark's own.)  Every benchmark in benchmarks/ carries
@@ -182,11 +182,28 @@ def rows_from_json(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    with open(argv[1], encoding="utf-8") as f:
-        print(tables(rows_from_json(json.load(f))))
+    import argparse
+
+    p = argparse.ArgumentParser(description="summary tables of a benchmarks/ JSON file")
+    p.add_argument("json")
+    p.add_argument("--plot", metavar="PNG", help="draw the cycle chart (matplotlib)")
+    p.add_argument("--title", default=None, help="chart title (default: from the JSON)")
+    args = p.parse_args(argv[1:])
+    with open(args.json, encoding="utf-8") as f:
+        doc = json.load(f)
+    rows = rows_from_json(doc)
+    print(tables(rows))
+    if args.plot:
+        from memwatch import _bench
+
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            if r["kind"] == "cycle" and r.get("api", "dirty_into") in ("dirty_into", "none"):
+                series.setdefault(str(r["row"]), []).append((int(r["pages"]), r["median"] * 1e6))
+        mi = doc.get("machine_info", {})
+        title = args.title or (f"memwatch cycle, Linux {mi.get('release', '?')}, "
+                               f"{mi.get('cpu', {}).get('brand_raw', '')}, {doc.get('datetime', '')[:16]}")
+        _bench.plot(series, args.plot, title)
     return 0
 
 

@@ -387,21 +387,27 @@ def have_matplotlib() -> bool:
     return True
 
 
-def plot(results: Sequence[Result], path: str, title: str) -> None:
-    """Log-log chart: median microseconds per cycle against pages written,
-    one line per row (needs matplotlib)."""
+def series(results: Sequence[Result]) -> dict[str, list[tuple[int, float]]]:
+    """Cycle medians as {row: [(pages, us), ...]} for :func:`plot`."""
+    rows: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        if r.extra_info.get("kind") == "cycle" and r.extra_info.get("api", "dirty_into") in (
+                "dirty_into", "none"):
+            rows.setdefault(str(r.extra_info["row"]), []).append(
+                (int(r.extra_info["pages"]), r.median * 1e6))
+    return rows
+
+
+def plot(rows: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
+    """Log-log chart of median microseconds per cycle against pages written,
+    one line per row (*rows* as :func:`series` makes them; needs matplotlib)."""
     matplotlib: Any = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     plt: Any = importlib.import_module("matplotlib.pyplot")
 
-    rows: dict[str, list[tuple[int, float]]] = {}
-    for r in results:
-        if r.extra_info.get("kind") == "cycle":
-            rows.setdefault(str(r.extra_info["row"]), []).append(
-                (int(r.extra_info["pages"]), r.median * 1e6))
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     for label, pts in rows.items():
-        pts.sort()
+        pts = sorted(pts)
         style = ":" if label == WRITES_ONLY else "-"
         ax.plot([p for p, _ in pts], [t for _, t in pts], style, marker="o", label=label)
     ax.set_xscale("log")
@@ -496,6 +502,6 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
             json.dump(to_json(results, mhz=mhz), f, indent=2)
         print(f"# JSON: {args.json}", file=out)
     if args.plot:
-        plot(results, args.plot, f"memwatch cycle: {describe()}")
+        plot(series(results), args.plot, f"memwatch cycle: {describe()}")
         print(f"# chart: {args.plot}", file=out)
     return 0
