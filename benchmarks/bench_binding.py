@@ -119,12 +119,20 @@ def test_threads(benchmark: Any, request: pytest.FixtureRequest, backend: str,
         watches.append(memwatch.Watch(m, backend=backend))
     outs = [array("Q", bytes(8 * 1024)) for _ in range(threads)]
 
-    def poller(w: memwatch.Watch, out: array[int]) -> None:
+    spans: list[list[tuple[int, int]]] = [[] for _ in range(threads)]
+
+    def poller(w: memwatch.Watch, out: array[int], mine: list[tuple[int, int]]) -> None:
+        clock = time.perf_counter_ns
         for _ in range(scans):
+            t0 = clock()
             w.dirty_into(out, reset=True)
+            mine.append((t0, clock()))
 
     def run() -> None:
-        ts = [threading.Thread(target=poller, args=(w, o)) for w, o in zip(watches, outs)]
+        for sp in spans:
+            sp.clear()
+        ts = [threading.Thread(target=poller, args=(w, o, sp))
+              for w, o, sp in zip(watches, outs, spans)]
         for t in ts:
             t.start()
         for t in ts:
@@ -140,4 +148,18 @@ def test_threads(benchmark: Any, request: pytest.FixtureRequest, backend: str,
             m.close()
     benchmark.group = f"threads-{backend}"
     benchmark.extra_info.update(kind="threads", backend=backend, threads=threads, scans=scans,
-                                mib=size // MIB)
+                                mib=size // MIB, overlap=_overlap(spans))
+
+
+def _overlap(spans: list[list[tuple[int, int]]]) -> float:
+    """Share of thread 0's time inside dirty_into during which thread 1 was
+    inside it too (last round).  Near 0 would mean the scans serialize (the
+    GIL held across the kernel call); with 2 free cores it approaches 1."""
+    if len(spans) < 2 or not spans[0]:
+        return 0.0
+    both = 0
+    for a0, a1 in spans[0]:
+        for b0, b1 in spans[1]:
+            both += max(0, min(a1, b1) - max(a0, b0))
+    total = sum(b - a for a, b in spans[0])
+    return both / total if total else 0.0

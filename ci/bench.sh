@@ -36,7 +36,7 @@ mkdir -p "$out"
 where=host
 ((guest)) && where=guest
 stem=$out/$where-$(date -u +%Y%m%d-%H%M)
-cmd=(python3 -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-json="$stem.json" "$@")
+cmd=(python3 -m pytest benchmarks/ -q -p no:cacheprovider --durations=10 --benchmark-json="$stem.json" "$@")
 cd "$MW_REPO"
 rc=0
 if ((guest)); then
