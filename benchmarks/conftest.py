@@ -9,7 +9,7 @@ run, ``testpaths = ["tests"]``, never does).  Sizes shrink in two cases:
   slower and has little RAM, so the largest sizes are left out.
 
 ``MEMWATCH_BENCH_MAX_MIB`` caps the populated sizes (default 4096 on a host,
-256 in the guest); ``MEMWATCH_BENCH_BACKENDS=a,b`` limits the backends.
+64 in the guest); ``MEMWATCH_BENCH_BACKENDS=a,b`` limits the backends.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ratios import tables
 import memwatch
 
 GUEST = os.environ.get("MEMWATCH_IN_GUEST") == "1"
-MAX_MIB = int(os.environ.get("MEMWATCH_BENCH_MAX_MIB", "256" if GUEST else "4096"))
+MAX_MIB = int(os.environ.get("MEMWATCH_BENCH_MAX_MIB", "64" if GUEST else "4096"))
 
 
 def available(*, partial_reset: bool = False) -> list[str]:

@@ -56,6 +56,14 @@ def cycle_table(rows: list[Row]) -> list[str]:
         (raw if r.get("api") == "raw" else into).setdefault(str(r["row"]), {})[int(r["pages"])] = (
             r["median"] * 1e6)
     out = _grid("cycle: median us (write N pages + dirty_into(reset=True))", into, pages, ".1f")
+    mhz = next((float(r["mhz"]) for r in cyc if r.get("mhz")), None)
+    if mhz:
+        from memwatch._bench import PAGES, SEED_KCYCLES
+
+        kc = {k: {n: us * mhz / 1e3 for n, us in v.items()} for k, v in into.items()}
+        kc.update({f"seed: {k}": dict(zip(PAGES, vals)) for k, vals in SEED_KCYCLES.items()})
+        out += ["", *_grid(f"cycle: kcycles at {mhz:.0f} MHz; seed = v1 authors' machine", kc,
+                           pages, ".1f")]
     ratio = {k: {n: v[n] / raw[k][n] for n in v if raw.get(k, {}).get(n)}
              for k, v in into.items() if k in raw}
     if ratio:
