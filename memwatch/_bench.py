@@ -451,13 +451,21 @@ def _budget(text: str) -> float:
     return v
 
 
+#: One line for ``memwatch --help``, and an example for ``memwatch bench --help``.
+HELP = "time a write-and-collect cycle on every available backend (the seed's table)"
+EXAMPLE = "memwatch bench --json bench.json --plot bench.png"
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to the CLI's subparsers."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "bench",
-        help="time a write-and-collect cycle on every available backend",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
+        "bench", help=HELP, description=__doc__.split("\n\n")[1] if __doc__ else None)
+    configure(p)
+    return p
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """Add ``memwatch bench``'s options to *p*."""
     p.add_argument("--backends", type=lambda s: tuple(s.split(",")), default=None,
                    metavar="A,B", help="only these backends (default: every available one)")
     p.add_argument("--pages", type=_pages, default=PAGES, metavar="N,N",
@@ -470,7 +478,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write pytest-benchmark JSON to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="draw the log-log chart (matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    return p
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
