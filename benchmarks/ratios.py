@@ -183,6 +183,22 @@ def tables(rows: Iterable[Row]) -> str:
     return "\n\n".join("\n".join(p) for p in parts if p)
 
 
+def markdown_cycle(rows: Iterable[Row]) -> str:
+    """The cycle table (dirty_into rows) as markdown, for the README."""
+    cyc = [r for r in rows if r.get("kind") == "cycle" and r.get("api") != "raw"]
+    pages = sorted({int(r["pages"]) for r in cyc})
+    med: dict[str, dict[int, float]] = {}
+    for r in cyc:
+        med.setdefault(str(r["row"]), {})[int(r["pages"])] = r["median"] * 1e6
+    out = ["| us per cycle | " + " | ".join(str(n) for n in pages) + " |",
+           "|---|" + "---:|" * len(pages)]
+    for k, v in med.items():
+        out.append(f"| {k} | " + " | ".join(
+            (f"{v[n]:.1f}" if v[n] < 100 else f"{v[n]:.0f}") if n in v else "-"
+            for n in pages) + " |")
+    return "\n".join(out)
+
+
 def rows_from_json(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for b in doc.get("benchmarks", []):
@@ -199,11 +215,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("json")
     p.add_argument("--plot", metavar="PNG", help="draw the cycle chart (matplotlib)")
     p.add_argument("--title", default=None, help="chart title (default: from the JSON)")
+    p.add_argument("--markdown", action="store_true", help="also the cycle table as markdown")
     args = p.parse_args(argv[1:])
     with open(args.json, encoding="utf-8") as f:
         doc = json.load(f)
     rows = rows_from_json(doc)
     print(tables(rows))
+    if args.markdown:
+        print()
+        print(markdown_cycle(rows))
     if args.plot:
         from memwatch import _bench
 

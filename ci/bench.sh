@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Usage: ci/bench.sh [--guest] [--out DIR] [--timeout S] [--memory SIZE] [-- PYTEST_ARGS...]
+#        (PYTEST_ARGS, e.g. benchmarks/bench_dirty.py -k syscall, replace the default benchmarks/)
 #
 # On demand (not part of ci/test.sh, which only smoke-runs the benchmarks): the full
 # benchmark suite, `python3 -m pytest benchmarks/`, saving pytest-benchmark JSON and the log
@@ -36,7 +37,8 @@ mkdir -p "$out"
 where=host
 ((guest)) && where=guest
 stem=$out/$where-$(date -u +%Y%m%d-%H%M)
-cmd=(python3 -m pytest benchmarks/ -q -p no:cacheprovider --durations=10 --benchmark-json="$stem.json" "$@")
+(($#)) || set -- benchmarks/
+cmd=(python3 -m pytest "$@" -q -p no:cacheprovider --durations=10 --benchmark-json="$stem.json")
 cd "$MW_REPO"
 rc=0
 if ((guest)); then
