@@ -199,6 +199,39 @@ def markdown_cycle(rows: Iterable[Row]) -> str:
     return "\n".join(out)
 
 
+def plot_scaling(rows: Iterable[Row], path: str, title: str) -> None:
+    """Scaling curves: ns per scanned page against MiB, one line per backend
+    and share written (solid 100 %, dashed 1 %, dotted 0 %)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for r in rows:
+        if r.get("kind") == "scaling":
+            curves.setdefault((str(r["backend"]), int(r["percent"])), []).append(
+                (int(r["mib"]), r["median"] * 1e9 / r["pages"]))
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    colors: dict[str, Any] = {}
+    for (backend, pct), pts in sorted(curves.items()):
+        pts.sort()
+        style = {100: "-", 1: "--", 0: ":"}.get(pct, "-.")
+        line = ax.plot([p for p, _ in pts], [max(v, 1e-3) for _, v in pts], style, marker="o",
+                       color=colors.get(backend), label=f"{backend} {pct} %")[0]
+        colors[backend] = line.get_color()
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("populated region, MiB")
+    ax.set_ylabel("ns per scanned page (get-and-reset)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def rows_from_json(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for b in doc.get("benchmarks", []):
@@ -216,6 +249,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--plot", metavar="PNG", help="draw the cycle chart (matplotlib)")
     p.add_argument("--title", default=None, help="chart title (default: from the JSON)")
     p.add_argument("--markdown", action="store_true", help="also the cycle table as markdown")
+    p.add_argument("--plot-scaling", metavar="PNG", help="draw the scaling curves (matplotlib)")
     args = p.parse_args(argv[1:])
     with open(args.json, encoding="utf-8") as f:
         doc = json.load(f)
@@ -235,6 +269,8 @@ def main(argv: list[str]) -> int:
         title = args.title or (f"memwatch cycle, Linux {mi.get('release', '?')}, "
                                f"{mi.get('cpu', {}).get('brand_raw', '')}, {doc.get('datetime', '')[:16]}")
         _bench.plot(series, args.plot, title)
+    if args.plot_scaling:
+        plot_scaling(rows, args.plot_scaling, args.title or "memwatch scaling")
     return 0
 
 
