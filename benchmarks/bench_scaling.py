@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 from array import array
 from collections.abc import Iterator
 from typing import Any
@@ -39,6 +40,7 @@ FAULTING = ("uffd", "mprotect")  # a fault per written page
 SPARSE_GIB = (1, 16, 256, 1024)
 SPARSE_POPULATED = (64 if GUEST else 1024) * MIB
 SPARSE_MAX_GIB = {"softdirty": 16}
+SPARSE_ROUNDS = int(os.environ.get("MEMWATCH_BENCH_SPARSE_ROUNDS", "3" if GUEST else "9"))
 
 
 class Region:
@@ -138,7 +140,7 @@ def test_sparse(benchmark: Any, request: pytest.FixtureRequest,
         # softdirty resets the whole process: its out must hold every page
         # of the range (8 bytes a reserved page: why it stops at 16 GiB).
         out = array("Q", bytes(8 * (size // PAGE))) if backend == "softdirty" else region.out
-        rounds = 1 if smoke(request.config) else (3 if GUEST else 9)
+        rounds = 1 if smoke(request.config) else SPARSE_ROUNDS
         n = benchmark.pedantic(lambda: w.dirty_into(out, reset=True),
                                setup=lambda: region.write(dirty), rounds=rounds,
                                iterations=1, warmup_rounds=1)
