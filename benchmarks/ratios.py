@@ -114,8 +114,8 @@ def sparse_table(rows: list[Row]) -> list[str]:
         med.setdefault(str(r["backend"]), {})[int(r["reserved_gib"])] = r["median"]
     rel = {b: {s: v / m[min(m)] for s, v in m.items()} for b, m in med.items()}
     pop = sp[0]["populated_mib"]
-    out = _grid(f"sparse: time / time of the {pop} MiB alone (GiB reserved ->)", rel, sizes,
-                ".2f")
+    out = _grid(f"sparse: {pop} MiB populated, time / time in {min(sizes)} GiB (GiB reserved ->)",
+                rel, sizes, ".2f")
     us = {b: {s: v * 1e6 for s, v in m.items()} for b, m in med.items()}
     out += ["", *_grid("sparse: median us per get-and-reset (GiB reserved ->)", us, sizes, ".1f")]
     return out
