@@ -1,133 +1,90 @@
-"""Per-call cost of collecting dirty pages: the raw binding vs the facade.
+"""The seed's table through the API users call: one tracking *cycle* per round.
 
-For every available backend and 1, 10, 100, 1000, 10000 written pages (spread
-evenly over a 10000-page mapping), time one scan *with reset* through:
+For 1, 10, 100, 1000 and 10000 written pages of a populated 20000-page
+private mapping, a cycle = write those pages (one byte each, spread evenly,
+one strided C-level copy) + collect them with reset; both halves are timed
+(uffd and mprotect pay in the writes: one fault per page).  Rows: every
+available backend, the syscall in both modes (``syscall`` =
+NO_REUSED_REGIONS, what Watch uses; ``syscall/default``), and ``writes
+only`` (the same writes without a Watch: the floor of every row).  Each
+backend is collected two ways in the same run:
 
-``raw``         ``tracker.scan(start, length, out, True)`` (the C++ binding),
-``dirty_into``  ``Watch.dirty_into(out, reset=True)`` (the zero-allocation path),
-``dirty``       ``Watch.dirty(reset=True)`` (returns a new ``array('Q')``).
+``dirty_into``  ``Watch.dirty_into(out, reset=True)`` (the facade),
+``raw``         ``tracker.scan(address, length, out, True)`` (the binding).
 
-The writes happen in the untimed setup of every round.  All variants run in
-one session so their ratios are comparable; test ids are
-``test_scan[<backend>-<api>-<pages:05d>]`` and every benchmark carries
-``extra_info`` = {backend, api, pages}; the session ends with a table of median
-ratios (benchmarks/conftest.py), and ``python benchmarks/ratios.py FILE.json``
-prints the same table from ``--benchmark-json=FILE.json``.
+The cycle is memwatch._bench.CycleTarget, the one ``memwatch bench`` runs.
+Test ids are ``test_cycle[<row>-<api>-<pages:05d>]``; ``extra_info`` =
+{kind: cycle, row, backend, api, pages}; the run ends with the table of
+medians (benchmarks/conftest.py).  A cycle that collects fewer pages than
+it wrote fails the test.
 
 Run:  python -m pytest benchmarks/bench_dirty.py -q
-In the QEMU guest (MEMWATCH_IN_GUEST=1) rounds are cut tenfold; compare
-backends within one run only, never guest figures with host ones.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
-from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import GUEST, available, smoke
 
-import memwatch
+from memwatch import _bench
+from memwatch._bench import CycleTarget, Variant
 
-PAGE = mmap.PAGESIZE
-REGION = 10_000  # pages (about 40 MiB)
-PAGES = (1, 10, 100, 1000, 10_000)
-APIS = ("raw", "dirty_into", "dirty")
+PAGES = _bench.PAGES
 ROUNDS = {1: 300, 10: 300, 100: 100, 1000: 30, 10_000: 10}
-if os.environ.get("MEMWATCH_IN_GUEST") == "1":  # TCG: Python runs 15-35x slower
-    ROUNDS = {n: max(5, r // 10) for n, r in ROUNDS.items()}
-AVAILABLE = [b.name for b in memwatch.backends() if b.available]
-# MEMWATCH_BENCH_BACKENDS=syscall,pagemap_scan limits the run (the whole
-# matrix takes more than 18 minutes in the TCG guest).
-if os.environ.get("MEMWATCH_BENCH_BACKENDS"):
-    _wanted = os.environ["MEMWATCH_BENCH_BACKENDS"].split(",")
-    AVAILABLE = [b for b in AVAILABLE if b in _wanted]
-
-np: Any
-try:
-    import numpy as np
-except ImportError:  # pragma: no cover - numpy is in the test extra
-    np = None
-
-
-class Target:
-    """One mapping and its Watch per backend, reused by every case."""
-
-    def __init__(self, backend: str) -> None:
-        self.map = mmap.mmap(-1, REGION * PAGE, flags=mmap.MAP_PRIVATE)
-        self.map[:] = bytes(REGION * PAGE)  # populate: time the scan, not first faults
-        self.watch = memwatch.Watch(self.map, backend=backend)
-        self.out = array("Q", bytes(8 * REGION))
-        self.bytes: Any = np.frombuffer(self.map, dtype=np.uint8) if np is not None else None
-
-    def writer(self, npages: int) -> Callable[[], None]:
-        stride = REGION // npages
-        if self.bytes is not None:
-            idx = np.arange(npages, dtype=np.intp) * stride * PAGE
-            view = self.bytes
-
-            def write() -> None:
-                view[idx] += 1
-        else:
-            offsets = [i * stride * PAGE for i in range(npages)]
-            m = self.map
-
-            def write() -> None:
-                for off in offsets:
-                    m[off] = (m[off] + 1) & 0xFF
-        return write
-
-    def close(self) -> None:
-        self.bytes = None
-        self.watch.close()
-        self.map.close()
+if GUEST:  # TCG: Python 15-35x slower; uffd at 10000 pages takes seconds a cycle
+    ROUNDS = {1: 15, 10: 15, 100: 9, 1000: 5, 10_000: 3}
+ROWS = _bench.variants(available())
+MHZ = _bench.cpu_mhz()
 
 
 @pytest.fixture(scope="module")
-def targets() -> Iterator[dict[str, Target]]:
-    made: dict[str, Target] = {}
+def targets() -> Iterator[dict[str, CycleTarget]]:
+    made: dict[str, CycleTarget] = {}
     yield made
     for t in made.values():
         t.close()
 
 
 CASES = [
-    pytest.param(b, api, n, id=f"{b}-{api}-{n:05d}")
-    for b in AVAILABLE
+    pytest.param(v, api, n, id=f"{v.label}-{api}-{n:05d}")
+    for v in ROWS
     for n in PAGES
-    for api in APIS
+    # The guest run measures the facade only (into/raw is a host question).
+    for api in ((("dirty_into",) if GUEST else ("dirty_into", "raw")) if v.backend else ("none",))
 ]
 
 
-@pytest.mark.parametrize(("backend", "api", "npages"), CASES)
-def test_scan(
-    benchmark: Any, targets: dict[str, Target], backend: str, api: str, npages: int
-) -> None:
-    if backend not in targets:
-        targets[backend] = Target(backend)
-    t = targets[backend]
-    w, out = t.watch, t.out
-    w.reset()
-    tracker = w._tracker  # the raw binding under the facade
-    assert tracker is not None
-    address, length = w.address, w.length
-    fn: Callable[[], object]
+@pytest.mark.parametrize(("variant", "api", "npages"), CASES)
+def test_cycle(benchmark: Any, request: pytest.FixtureRequest,
+               targets: dict[str, CycleTarget], variant: Variant, api: str,
+               npages: int) -> None:
+    if variant.label not in targets:
+        # One at a time: softdirty refuses to share a process with another
+        # soft-dirty-family Watch (syscall), and each target holds 80 MB.
+        for label in list(targets):
+            targets.pop(label).close()
+        targets[variant.label] = CycleTarget(variant)
+    t = targets[variant.label]
+    fn: Callable[[], int] = t.cycle(npages)
     if api == "raw":
-        def fn() -> object:
-            return tracker.scan(address, length, out, True)
-    elif api == "dirty_into":
-        def fn() -> object:
-            return w.dirty_into(out, reset=True)
-    else:
-        def fn() -> object:
-            return w.dirty(reset=True)
+        assert t.watch is not None
+        tracker = t.watch._tracker  # the binding under the facade (alone: direct path)
+        assert tracker is not None
+        scan, address, length, out = tracker.scan, t.watch.address, t.watch.length, t.out
+        write = t.writer(npages)
 
-    benchmark.group = f"{backend}-{npages:05d}"
-    benchmark.extra_info.update(backend=backend, api=api, pages=npages)
-    result = benchmark.pedantic(
-        fn, setup=t.writer(npages), rounds=ROUNDS[npages], iterations=1, warmup_rounds=1
-    )
-    count = result if isinstance(result, int) else len(result)
-    assert count >= npages  # uffd/mprotect may add rare false positives; never fewer
+        def fn() -> int:
+            write()
+            return scan(address, length, out, True)
+
+    benchmark.group = f"cycle-{npages:05d}"
+    benchmark.extra_info.update(kind="cycle", row=variant.label,
+                                backend=variant.backend or "none", api=api, pages=npages)
+    if not GUEST:  # emulated cycles in a TCG guest mean nothing
+        benchmark.extra_info["mhz"] = MHZ
+    rounds = 1 if smoke(request.config) else ROUNDS[npages]
+    n = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    assert n >= npages  # never fewer than written (uffd/mprotect: rare extra pages)

@@ -5,7 +5,7 @@ the binding (memwatch._memwatch), and prints both and their ratio:
 
     python3 benchmarks/bench_scan_overhead.py [pages] [dirty] [iterations] [repeats]
 
-Both sides: a `pages`-page anonymous range under async uffd-wp, `dirty`
+Both sides: a `pages`-page populated anonymous range under async uffd-wp, `dirty`
 pages written (spread so that each is its own region), output buffer with
 room for every page; every call timed on its own (timer cost subtracted),
 median and 10th percentile over all calls (p10 is the steadier figure on a
@@ -60,8 +60,9 @@ def _stats(samples: list[int], tcost: int) -> tuple[int, int]:
 
 def binding(pages: int, dirty: int, iters: int, repeats: int) -> dict[str, tuple[int, int]]:
     ps = mw.PAGE_SIZE
-    m = mmap.mmap(-1, pages * ps)
+    m = mmap.mmap(-1, pages * ps, flags=mmap.MAP_PRIVATE)  # anonymous private, as in C
     addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    ctypes.memset(addr, 0, pages * ps)  # populated, as c_baseline.c's range
     t = mw.PagemapScanTracker()
     t.attach(addr, pages * ps)
     out = array.array("Q", bytes(8 * pages))

@@ -1,13 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Plain C baseline for the per-call overhead of memwatch's pagemap_scan
- * mechanism: the same kernel work as PagemapScanTracker.scan() (one
- * PAGEMAP_SCAN ioctl on /proc/self/pagemap over a uffd-wp(async) range, the
- * returned regions expanded into a u64 array of byte offsets), without Python
- * or pybind11 in between.
+ * Plain C baseline for the per-call overhead of memwatch's scanning
+ * mechanisms: the same kernel work as the extension's scan() without Python
+ * or pybind11 in between, on a populated private anonymous range.
  *
  *   cc -O2 -Wall -Wextra -o c_baseline c_baseline.c
- *   ./c_baseline [pages=1024] [dirty=10] [iterations=20000] [repeats=7]
+ *   ./c_baseline [pages=1024] [dirty=10] [iterations=20000] [repeats=7] [mode=lib]
+ *
+ * mode:
+ *   lib      PAGEMAP_SCAN over a uffd-wp(async) range with exactly the
+ *            arguments of PagemapScan::scan() in src/pagemap_scan.cpp
+ *            (WRITTEN, populated, not the zero page), the returned regions
+ *            expanded into a u64 array of byte offsets;
+ *   written  the same with category_mask = PAGE_IS_WRITTEN alone (the
+ *            kernel's fast path; what this program did before the library
+ *            added the populated/zero-page masks);
+ *   syscall  process_memwatch(PIDFD_SELF, GET[|CLEAR]|NO_REUSED_REGIONS),
+ *            as src/syscall.cpp calls it (patched kernel only).
  *
  * Every call is timed on its own; prints one line per measurement:
  * "<name> <median ns> <10th percentile ns>" over all repeats*iterations calls
@@ -46,6 +55,17 @@
 #define UFFDIO_WRITEPROTECT _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
 #define UFFDIO_REGISTER_MODE_WP (1ULL << 1)
 #define UFFDIO_WRITEPROTECT_MODE_WP (1ULL << 0)
+#define PAGE_IS_PRESENT (1ULL << 3)
+#define PAGE_IS_SWAPPED (1ULL << 4)
+#define PAGE_IS_PFNZERO (1ULL << 5)
+#define NR_process_memwatch 500
+#define PIDFD_SELF (-10000)
+#define MEMWATCH_SD_GET 0x1
+#define MEMWATCH_SD_CLEAR 0x2
+#define MEMWATCH_SD_NO_REUSED_REGIONS 0x4
+
+enum { MODE_LIB, MODE_WRITTEN, MODE_SYSCALL };
+static int mode = MODE_LIB;
 
 static void die(const char *what)
 {
@@ -58,7 +78,7 @@ static struct page_region *regions;
 static size_t nregions;
 static long psize;
 
-/* The same loop as PagemapScan::scan() in src/pagemap_scan.cpp. */
+/* The same loops as SyscallMech::scan() and PagemapScan::scan(). */
 static size_t scan(uintptr_t start, size_t len, uint64_t *out, size_t cap, int reset)
 {
 	struct pm_scan_arg arg = {
@@ -72,6 +92,21 @@ static size_t scan(uintptr_t start, size_t len, uint64_t *out, size_t cap, int r
 	};
 	uint64_t cur = start;
 	size_t n = 0;
+
+	if (mode == MODE_SYSCALL) {
+		long r = syscall(NR_process_memwatch, PIDFD_SELF, start, len,
+				 MEMWATCH_SD_GET | (reset ? MEMWATCH_SD_CLEAR : 0) |
+				 MEMWATCH_SD_NO_REUSED_REGIONS, out, cap);
+
+		if (r < 0)
+			die("process_memwatch");
+		return (size_t)r;
+	}
+	if (mode == MODE_LIB) {
+		arg.category_inverted = PAGE_IS_PFNZERO;
+		arg.category_mask = PAGE_IS_WRITTEN | PAGE_IS_PFNZERO;
+		arg.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+	}
 
 	while (n < cap && cur < start + len) {
 		size_t before = n;
@@ -133,6 +168,7 @@ int main(int argc, char **argv)
 	size_t dirty = argc > 2 ? strtoul(argv[2], NULL, 0) : 10;
 	long iters = argc > 3 ? strtol(argv[3], NULL, 0) : 20000;
 	int repeats = argc > 4 ? atoi(argv[4]) : 7;
+	const char *mode_name = argc > 5 ? argv[5] : "lib";
 	struct uffdio_api api = { .api = UFFD_API,
 				  .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED };
 	struct uffdio_register reg = { 0 };
@@ -143,16 +179,38 @@ int main(int argc, char **argv)
 	size_t len;
 	int uffd;
 
-	if (repeats < 1 || dirty > pages || !dirty)
+	if (repeats < 1 || dirty > pages || !pages)
+		return 2;
+	if (!strcmp(mode_name, "written"))
+		mode = MODE_WRITTEN;
+	else if (!strcmp(mode_name, "syscall"))
+		mode = MODE_SYSCALL;
+	else if (strcmp(mode_name, "lib"))
 		return 2;
 	psize = sysconf(_SC_PAGESIZE);
 	len = pages * psize;
 	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (mem == MAP_FAILED)
 		die("mmap");
+	/* Populated, like the Python side's mapping; no huge pages (one page per write). */
+	madvise((void *)mem, len, MADV_NOHUGEPAGE);
+	memset((void *)mem, 0, len);
+	nregions = pages < 4096 ? pages : 4096;
+	regions = calloc(nregions, sizeof(*regions));
+	out = calloc(pages, sizeof(*out));
+	if (!regions || !out)
+		die("calloc");
+	if (mode == MODE_SYSCALL) {
+		if (syscall(NR_process_memwatch, PIDFD_SELF, (uintptr_t)mem, len,
+			    MEMWATCH_SD_CLEAR | MEMWATCH_SD_NO_REUSED_REGIONS, NULL, 0) < 0)
+			die("process_memwatch CLEAR");
+		goto measure;
+	}
 	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (pagemap_fd < 0)
 		die("open pagemap");
+	if (mode == MODE_LIB)	/* the extension does not ask for it (src/pagemap_scan.cpp) */
+		api.features = UFFD_FEATURE_WP_ASYNC;
 	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if (uffd < 0)
 		die("userfaultfd");
@@ -167,13 +225,7 @@ int main(int argc, char **argv)
 	wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
 	if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp))
 		die("UFFDIO_WRITEPROTECT");
-	/* Like the extension: region array sized once, output sized to the range. */
-	nregions = pages < 4096 ? pages : 4096;
-	regions = calloc(nregions, sizeof(*regions));
-	out = calloc(pages, sizeof(*out));
-	if (!regions || !out)
-		die("calloc");
-
+measure:
 	samples[0] = calloc((size_t)iters * repeats, sizeof(uint64_t));
 	samples[1] = calloc((size_t)iters * repeats, sizeof(uint64_t));
 	if (!samples[0] || !samples[1])

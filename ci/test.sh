@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README "Testing"):
-#   1. the Python suite on the host (tests needing the patched kernel skip here),
+#   1. the Python suite on the host (tests needing the patched kernel skip here), then a smoke
+#      pass of benchmarks/ (one round each, smallest sizes: they cannot rot; ci/bench.sh runs them
+#      for real),
 #   2. checkpatch --strict on the kernel series,
 #   3. build the patched kernel (cached under ~/.cache/memwatch),
 #   4. the kernel selftests in a QEMU guest running that kernel (memwatch_test -m64/-m32,
@@ -38,6 +40,7 @@ guest_pytest() {
 }
 
 stage "host: python suite" python3 -m pytest -q -rs
+stage "host: benchmarks smoke (one round each)" python3 -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-disable
 
 if [[ ${MEMWATCH_SKIP_GUEST:-0} == 1 ]]; then
 	echo "ci/test.sh: MEMWATCH_SKIP_GUEST=1, guest stages skipped" >&2

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from . import _backends
+from . import _backends, _bench
 from ._common import UnsupportedError
 from ._watch import Watch
 
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--backend", default="auto", choices=("auto", *_REMOTE), metavar="NAME",
                    help="auto (default) or one of the backends that can watch another "
                    "process: " + ", ".join(_REMOTE))
+    _bench.add_parser(sub)
     return parser
 
 
@@ -179,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "backends":
             return print_backends(sys.stdout)
+        if args.command == "bench":
+            return _bench.run(args)
         return watch_process(args, sys.stdout, sys.stderr)
     except KeyboardInterrupt:
         return 130
