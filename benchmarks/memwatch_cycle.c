@@ -10,6 +10,7 @@
  *
  *   cc -O2 -Wall -Wextra -pthread -o memwatch_cycle memwatch_cycle.c
  *   ./memwatch_cycle [repeats=11 [rows=01234]]   (rows: indexes into the list below)
+ *   ./memwatch_cycle micro [iters=300]           (fixed and per-page cost split up)
  *
  * Rows:
  *   process_memwatch GET|CLEAR          syscall 500, default mode
@@ -432,6 +433,145 @@ static int reps_for(size_t n, int repeats)
 	return r < 3 ? 3 : r > MAXREP ? MAXREP : r;
 }
 
+/* ---- micro: what one collect costs, split up ------------------------------ */
+
+#define MICRO_ROUNDS 31
+
+struct micro_variant {
+	const char *name;
+	char *base;
+	size_t pages;
+	unsigned int flags;	/* PAGEMAP_SCAN: nonzero = WP */
+	int real_pidfd;
+	size_t vec_len;
+	int pm;			/* PAGEMAP_SCAN instead of process_memwatch */
+	uint64_t t[MICRO_ROUNDS];
+};
+
+static int micro_pidfd = -1;
+
+static void micro_call(const struct micro_variant *v)
+{
+	if (v->pm) {
+		struct pm_scan_arg arg = {
+			.size = sizeof(arg),
+			.flags = v->flags ? PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC : 0,
+			.start = (uintptr_t)v->base,
+			.end = (uintptr_t)v->base + v->pages * psize,
+			.vec = (uintptr_t)regions,
+			.vec_len = 4096,
+			.category_mask = PAGE_IS_WRITTEN,
+			.return_mask = PAGE_IS_WRITTEN,
+		};
+
+		if (ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) < 0)
+			die("PAGEMAP_SCAN (micro)");
+	} else if (v->flags) {
+		int get = v->flags & MEMWATCH_SD_GET;
+
+		if (syscall(NR_process_memwatch,
+			    v->real_pidfd ? micro_pidfd : PIDFD_SELF_THREAD,
+			    (unsigned long)v->base, v->pages * psize, v->flags,
+			    get ? out : NULL, get ? v->vec_len : 0) < 0)
+			die("process_memwatch (micro)");
+	} else {
+		syscall(SYS_getppid);
+	}
+}
+
+/*
+ * Median nanoseconds to write n pages of a tracked region, the collect that
+ * resets them not timed: the write-fault cost of each mechanism.
+ */
+static double micro_write_ns(char *base, size_t pages, size_t n,
+			     long (*collect)(char *, size_t))
+{
+	uint64_t t[MICRO_ROUNDS];
+
+	collect(base, pages);
+	for (int b = 0; b < MICRO_ROUNDS; b++) {
+		uint64_t t0 = now_ns();
+
+		write_pages(base, pages, n);
+		t[b] = now_ns() - t0;
+		if (collect(base, pages) != (long)n)
+			die("micro: wrong count");
+	}
+	qsort(t, MICRO_ROUNDS, sizeof(*t), cmp_u64);
+	return (double)t[MICRO_ROUNDS / 2] / n;
+}
+
+/*
+ * ./memwatch_cycle micro [iters]: the fixed cost of one call (a clean
+ * one-page range) and the per-page cost of a clean 20000-page range, for
+ * process_memwatch (several argument variants) and PAGEMAP_SCAN, and the
+ * write-fault cost per page of each.  The variants take turns, one batch of
+ * @iters calls (@iters / 100 on 20000 pages) each per round, so that load on
+ * the host hits them alike; median nanoseconds per call over the rounds.
+ */
+static int micro(int iters)
+{
+	char *mwmem = map_region(PAGES, 1), *pmmem;
+	const unsigned int gc = MEMWATCH_SD_GET | MEMWATCH_SD_CLEAR;
+	uint64_t v;
+
+	if (syscall(NR_process_memwatch, PIDFD_SELF_THREAD, (unsigned long)mwmem,
+		    psize, MEMWATCH_SD_GET, &v, 1) < 0)
+		die("process_memwatch");
+	if (syscall(NR_process_memwatch, PIDFD_SELF_THREAD, (unsigned long)mwmem,
+		    PAGES * psize, MEMWATCH_SD_CLEAR, NULL, 0))
+		die("process_memwatch CLEAR");
+	npages = PAGES;
+	mem = pmmem = map_region(PAGES, 1);
+	if (pm_setup())
+		die("PAGEMAP_SCAN setup");
+	micro_pidfd = syscall(SYS_pidfd_open, getpid(), 0);
+	if (micro_pidfd < 0)
+		die("pidfd_open");
+
+	struct micro_variant vs[] = {
+		{ "getppid()", NULL, 0, 0, 0, 0, 0, { 0 } },
+		{ "memwatch GET\\|CLEAR, 1 clean page", mwmem, 1, gc, 0, PAGES, 0, { 0 } },
+		{ "memwatch GET\\|CLEAR, 1 clean page, vec_len 1", mwmem, 1, gc, 0, 1, 0, { 0 } },
+		{ "memwatch GET\\|CLEAR, 1 clean page, real pidfd", mwmem, 1, gc, 1, PAGES, 0, { 0 } },
+		{ "memwatch GET, 1 clean page", mwmem, 1, MEMWATCH_SD_GET, 0, PAGES, 0, { 0 } },
+		{ "memwatch CLEAR, 1 clean page", mwmem, 1, MEMWATCH_SD_CLEAR, 0, 0, 0, { 0 } },
+		{ "PAGEMAP_SCAN WP, 1 clean page", pmmem, 1, 1, 0, 0, 1, { 0 } },
+		{ "PAGEMAP_SCAN no WP, 1 clean page", pmmem, 1, 0, 0, 0, 1, { 0 } },
+		{ "memwatch GET\\|CLEAR, 20000 clean pages", mwmem, PAGES, gc, 0, PAGES, 0, { 0 } },
+		{ "memwatch GET, 20000 clean pages", mwmem, PAGES, MEMWATCH_SD_GET, 0, PAGES, 0, { 0 } },
+		{ "PAGEMAP_SCAN WP, 20000 clean pages", pmmem, PAGES, 1, 0, 0, 1, { 0 } },
+	};
+	const size_t nv = sizeof(vs) / sizeof(*vs);
+
+	for (size_t i = 0; i < nv; i++)
+		micro_call(&vs[i]);
+	for (int r = 0; r < MICRO_ROUNDS; r++) {
+		for (size_t i = 0; i < nv; i++) {
+			int n = vs[i].pages > 1 ? iters / 100 + 1 : iters;
+			uint64_t t0 = now_ns();
+
+			for (int k = 0; k < n; k++)
+				micro_call(&vs[i]);
+			vs[i].t[r] = (now_ns() - t0) / n;
+		}
+	}
+	printf("| ns per call (median of %d rounds) | value |\n|---|---|\n",
+	       MICRO_ROUNDS);
+	for (size_t i = 0; i < nv; i++) {
+		qsort(vs[i].t, MICRO_ROUNDS, sizeof(uint64_t), cmp_u64);
+		printf("| %s | %llu |\n", vs[i].name,
+		       (unsigned long long)vs[i].t[MICRO_ROUNDS / 2]);
+	}
+	mw_flags = 0;
+	printf("| memwatch: write fault, per page (N=1000) | %.0f |\n",
+	       micro_write_ns(mwmem, PAGES, 1000, mw_collect));
+	printf("| PAGEMAP_SCAN: write fault, per page (N=1000) | %.0f |\n",
+	       micro_write_ns(pmmem, PAGES, 1000, pm_collect));
+	pm_teardown();
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int repeats = argc > 1 ? atoi(argv[1]) : 11;
@@ -439,6 +579,13 @@ int main(int argc, char **argv)
 	size_t sparse_pages = (64UL << 20) / sysconf(_SC_PAGESIZE);
 	size_t huge_pages = (1UL << 40) / sysconf(_SC_PAGESIZE);
 
+	if (argc > 1 && !strcmp(argv[1], "micro")) {
+		psize = sysconf(_SC_PAGESIZE);
+		out = calloc(PAGES, sizeof(*out));
+		if (!out)
+			die("calloc");
+		return micro(argc > 2 ? atoi(argv[2]) : 300);
+	}
 	if (repeats < 3)
 		repeats = 3;
 	if (repeats > MAXREP)
