@@ -501,6 +501,26 @@ static double micro_write_ns(char *base, size_t pages, size_t n,
 	return (double)t[MICRO_ROUNDS / 2] / n;
 }
 
+/* Median nanoseconds per page of collecting n written pages, writes untimed. */
+static double micro_collect_ns(char *base, size_t pages, size_t n,
+			       long (*collect)(char *, size_t))
+{
+	uint64_t t[MICRO_ROUNDS];
+
+	collect(base, pages);
+	for (int b = 0; b < MICRO_ROUNDS; b++) {
+		uint64_t t0;
+
+		write_pages(base, pages, n);
+		t0 = now_ns();
+		if (collect(base, pages) != (long)n)
+			die("micro: wrong count");
+		t[b] = now_ns() - t0;
+	}
+	qsort(t, MICRO_ROUNDS, sizeof(*t), cmp_u64);
+	return (double)t[MICRO_ROUNDS / 2] / n;
+}
+
 /*
  * ./memwatch_cycle micro [iters]: the fixed cost of one call (a clean
  * one-page range) and the per-page cost of a clean 20000-page range, for
@@ -564,10 +584,14 @@ static int micro(int iters)
 		       (unsigned long long)vs[i].t[MICRO_ROUNDS / 2]);
 	}
 	mw_flags = 0;
-	printf("| memwatch: write fault, per page (N=1000) | %.0f |\n",
-	       micro_write_ns(mwmem, PAGES, 1000, mw_collect));
-	printf("| PAGEMAP_SCAN: write fault, per page (N=1000) | %.0f |\n",
-	       micro_write_ns(pmmem, PAGES, 1000, pm_collect));
+	printf("| memwatch: write fault, per page (N=10000) | %.0f |\n",
+	       micro_write_ns(mwmem, PAGES, 10000, mw_collect));
+	printf("| PAGEMAP_SCAN: write fault, per page (N=10000) | %.0f |\n",
+	       micro_write_ns(pmmem, PAGES, 10000, pm_collect));
+	printf("| memwatch: collect, per dirty page (N=10000) | %.0f |\n",
+	       micro_collect_ns(mwmem, PAGES, 10000, mw_collect));
+	printf("| PAGEMAP_SCAN: collect, per dirty page (N=10000) | %.0f |\n",
+	       micro_collect_ns(pmmem, PAGES, 10000, pm_collect));
 	pm_teardown();
 	return 0;
 }
