@@ -21,6 +21,9 @@
  *   sync userfaultfd + handler thread   UFFD WP (sync), a thread resolves each
  *                                       fault; collect re-protects each run
  *
+ * Rows 0-2 take turns cycle by cycle (each on its own region), so that load
+ * on the host hits them alike; rows 3-4 run after them, one by one.
+ *
  * Every collect is checked: it must return exactly the N written pages (the
  * regions are MADV_NOHUGEPAGE), or the row is marked with '!'.  A mechanism
  * the kernel lacks is printed as "n/a".  The uapi values are spelled out:
@@ -433,6 +436,72 @@ static int reps_for(size_t n, int repeats)
 	return r < 3 ? 3 : r > MAXREP ? MAXREP : r;
 }
 
+/*
+ * Rows 0-2 (process_memwatch in both modes, PAGEMAP_SCAN) take turns cycle
+ * by cycle, each on a region of its own, so that load on the host hits them
+ * alike: their ratios are what the table is for.  The mprotect and
+ * userfaultfd rows own process-wide state (a SIGSEGV handler, a handler
+ * thread) and run one after the other, after these.
+ */
+#define TURNS 3
+#define NS (sizeof(ns) / sizeof(*ns))
+
+static void turns(const char *rows, int repeats)
+{
+	char *region[TURNS] = { NULL };
+	int ok[TURNS] = { 0 }, err[TURNS] = { 0 }, bad[TURNS][NS] = { { 0 } };
+	uint64_t t[TURNS][MAXREP];
+	double us[TURNS][NS];
+
+	for (int m = 0; m < TURNS; m++) {
+		if (!strchr(rows, '0' + m))
+			continue;
+		npages = PAGES;
+		mem = region[m] = map_region(PAGES, 1);
+		mw_flags = mechs[m].mw_flags;
+		ok[m] = !mechs[m].setup();
+		err[m] = errno;
+	}
+	for (size_t i = 0; i < NS; i++) {
+		int reps = reps_for(ns[i], repeats);
+
+		for (int r = -1; r < reps; r++) {	/* r == -1: untimed */
+			for (int m = 0; m < TURNS; m++) {
+				double c;
+
+				if (!ok[m])
+					continue;
+				mw_flags = mechs[m].mw_flags;
+				c = cycle(region[m], PAGES, ns[i], 1,
+					  mechs[m].collect, &bad[m][i]);
+				if (r >= 0)
+					t[m][r] = (uint64_t)(c * 1000);
+			}
+		}
+		for (int m = 0; m < TURNS; m++) {
+			if (!ok[m])
+				continue;
+			qsort(t[m], reps, sizeof(uint64_t), cmp_u64);
+			us[m][i] = t[m][reps / 2] / 1000.0;
+		}
+	}
+	for (int m = 0; m < TURNS; m++) {
+		if (!region[m])
+			continue;
+		printf("| %s |", mechs[m].name);
+		if (!ok[m])
+			printf(" n/a (%s) |", strerror(err[m]));
+		for (size_t i = 0; ok[m] && i < NS; i++)
+			printf(" %.0f%s |", us[m][i], bad[m][i] ? "!" : "");
+		printf("\n");
+		mem = region[m];
+		if (ok[m] && mechs[m].teardown)
+			mechs[m].teardown();
+		munmap(region[m], PAGES * psize);
+	}
+	fflush(stdout);
+}
+
 /* ---- micro: what one collect costs, split up ------------------------------ */
 
 #define MICRO_ROUNDS 31
@@ -628,7 +697,8 @@ int main(int argc, char **argv)
 		printf("---|");
 	printf("\n");
 
-	for (size_t m = 0; m < sizeof(mechs) / sizeof(*mechs); m++) {
+	turns(rows, repeats);
+	for (size_t m = TURNS; m < sizeof(mechs) / sizeof(*mechs); m++) {
 		const struct mech *me = &mechs[m];
 
 		if (!strchr(rows, (int)('0' + m)))
