@@ -10,6 +10,7 @@
  *
  *   cc -O2 -Wall -Wextra -pthread -o memwatch_cycle memwatch_cycle.c
  *   ./memwatch_cycle [repeats=11 [rows=01234]]   (rows: indexes into the list below)
+ *   ./memwatch_cycle micro [iters=300]           (fixed and per-page cost split up)
  *
  * Rows:
  *   process_memwatch GET|CLEAR          syscall 500, default mode
@@ -19,6 +20,9 @@
  *                                       re-protects each written run
  *   sync userfaultfd + handler thread   UFFD WP (sync), a thread resolves each
  *                                       fault; collect re-protects each run
+ *
+ * Rows 0-2 take turns cycle by cycle (each on its own region), so that load
+ * on the host hits them alike; rows 3-4 run after them, one by one.
  *
  * Every collect is checked: it must return exactly the N written pages (the
  * regions are MADV_NOHUGEPAGE), or the row is marked with '!'.  A mechanism
@@ -432,6 +436,235 @@ static int reps_for(size_t n, int repeats)
 	return r < 3 ? 3 : r > MAXREP ? MAXREP : r;
 }
 
+/*
+ * Rows 0-2 (process_memwatch in both modes, PAGEMAP_SCAN) take turns cycle
+ * by cycle, each on a region of its own, so that load on the host hits them
+ * alike: their ratios are what the table is for.  The mprotect and
+ * userfaultfd rows own process-wide state (a SIGSEGV handler, a handler
+ * thread) and run one after the other, after these.
+ */
+#define TURNS 3
+#define NS (sizeof(ns) / sizeof(*ns))
+
+static void turns(const char *rows, int repeats)
+{
+	char *region[TURNS] = { NULL };
+	int ok[TURNS] = { 0 }, err[TURNS] = { 0 }, bad[TURNS][NS] = { { 0 } };
+	uint64_t t[TURNS][MAXREP];
+	double us[TURNS][NS];
+
+	for (int m = 0; m < TURNS; m++) {
+		if (!strchr(rows, '0' + m))
+			continue;
+		npages = PAGES;
+		mem = region[m] = map_region(PAGES, 1);
+		mw_flags = mechs[m].mw_flags;
+		ok[m] = !mechs[m].setup();
+		err[m] = errno;
+	}
+	for (size_t i = 0; i < NS; i++) {
+		int reps = reps_for(ns[i], repeats);
+
+		for (int r = -1; r < reps; r++) {	/* r == -1: untimed */
+			for (int m = 0; m < TURNS; m++) {
+				double c;
+
+				if (!ok[m])
+					continue;
+				mw_flags = mechs[m].mw_flags;
+				c = cycle(region[m], PAGES, ns[i], 1,
+					  mechs[m].collect, &bad[m][i]);
+				if (r >= 0)
+					t[m][r] = (uint64_t)(c * 1000);
+			}
+		}
+		for (int m = 0; m < TURNS; m++) {
+			if (!ok[m])
+				continue;
+			qsort(t[m], reps, sizeof(uint64_t), cmp_u64);
+			us[m][i] = t[m][reps / 2] / 1000.0;
+		}
+	}
+	for (int m = 0; m < TURNS; m++) {
+		if (!region[m])
+			continue;
+		printf("| %s |", mechs[m].name);
+		if (!ok[m])
+			printf(" n/a (%s) |", strerror(err[m]));
+		for (size_t i = 0; ok[m] && i < NS; i++)
+			printf(" %.0f%s |", us[m][i], bad[m][i] ? "!" : "");
+		printf("\n");
+		mem = region[m];
+		if (ok[m] && mechs[m].teardown)
+			mechs[m].teardown();
+		munmap(region[m], PAGES * psize);
+	}
+	fflush(stdout);
+}
+
+/* ---- micro: what one collect costs, split up ------------------------------ */
+
+#define MICRO_ROUNDS 31
+
+struct micro_variant {
+	const char *name;
+	char *base;
+	size_t pages;
+	unsigned int flags;	/* PAGEMAP_SCAN: nonzero = WP */
+	int real_pidfd;
+	size_t vec_len;
+	int pm;			/* PAGEMAP_SCAN instead of process_memwatch */
+	uint64_t t[MICRO_ROUNDS];
+};
+
+static int micro_pidfd = -1;
+
+static void micro_call(const struct micro_variant *v)
+{
+	if (v->pm) {
+		struct pm_scan_arg arg = {
+			.size = sizeof(arg),
+			.flags = v->flags ? PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC : 0,
+			.start = (uintptr_t)v->base,
+			.end = (uintptr_t)v->base + v->pages * psize,
+			.vec = (uintptr_t)regions,
+			.vec_len = 4096,
+			.category_mask = PAGE_IS_WRITTEN,
+			.return_mask = PAGE_IS_WRITTEN,
+		};
+
+		if (ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) < 0)
+			die("PAGEMAP_SCAN (micro)");
+	} else if (v->flags) {
+		int get = v->flags & MEMWATCH_SD_GET;
+
+		if (syscall(NR_process_memwatch,
+			    v->real_pidfd ? micro_pidfd : PIDFD_SELF_THREAD,
+			    (unsigned long)v->base, v->pages * psize, v->flags,
+			    get ? out : NULL, get ? v->vec_len : 0) < 0)
+			die("process_memwatch (micro)");
+	} else {
+		syscall(SYS_getppid);
+	}
+}
+
+/*
+ * Median nanoseconds to write n pages of a tracked region, the collect that
+ * resets them not timed: the write-fault cost of each mechanism.
+ */
+static double micro_write_ns(char *base, size_t pages, size_t n,
+			     long (*collect)(char *, size_t))
+{
+	uint64_t t[MICRO_ROUNDS];
+
+	collect(base, pages);
+	for (int b = 0; b < MICRO_ROUNDS; b++) {
+		uint64_t t0 = now_ns();
+
+		write_pages(base, pages, n);
+		t[b] = now_ns() - t0;
+		if (collect(base, pages) != (long)n)
+			die("micro: wrong count");
+	}
+	qsort(t, MICRO_ROUNDS, sizeof(*t), cmp_u64);
+	return (double)t[MICRO_ROUNDS / 2] / n;
+}
+
+/* Median nanoseconds per page of collecting n written pages, writes untimed. */
+static double micro_collect_ns(char *base, size_t pages, size_t n,
+			       long (*collect)(char *, size_t))
+{
+	uint64_t t[MICRO_ROUNDS];
+
+	collect(base, pages);
+	for (int b = 0; b < MICRO_ROUNDS; b++) {
+		uint64_t t0;
+
+		write_pages(base, pages, n);
+		t0 = now_ns();
+		if (collect(base, pages) != (long)n)
+			die("micro: wrong count");
+		t[b] = now_ns() - t0;
+	}
+	qsort(t, MICRO_ROUNDS, sizeof(*t), cmp_u64);
+	return (double)t[MICRO_ROUNDS / 2] / n;
+}
+
+/*
+ * ./memwatch_cycle micro [iters]: the fixed cost of one call (a clean
+ * one-page range) and the per-page cost of a clean 20000-page range, for
+ * process_memwatch (several argument variants) and PAGEMAP_SCAN, and the
+ * write-fault cost per page of each.  The variants take turns, one batch of
+ * @iters calls (@iters / 100 on 20000 pages) each per round, so that load on
+ * the host hits them alike; median nanoseconds per call over the rounds.
+ */
+static int micro(int iters)
+{
+	char *mwmem = map_region(PAGES, 1), *pmmem;
+	const unsigned int gc = MEMWATCH_SD_GET | MEMWATCH_SD_CLEAR;
+	uint64_t v;
+
+	if (syscall(NR_process_memwatch, PIDFD_SELF_THREAD, (unsigned long)mwmem,
+		    psize, MEMWATCH_SD_GET, &v, 1) < 0)
+		die("process_memwatch");
+	if (syscall(NR_process_memwatch, PIDFD_SELF_THREAD, (unsigned long)mwmem,
+		    PAGES * psize, MEMWATCH_SD_CLEAR, NULL, 0))
+		die("process_memwatch CLEAR");
+	npages = PAGES;
+	mem = pmmem = map_region(PAGES, 1);
+	if (pm_setup())
+		die("PAGEMAP_SCAN setup");
+	micro_pidfd = syscall(SYS_pidfd_open, getpid(), 0);
+	if (micro_pidfd < 0)
+		die("pidfd_open");
+
+	struct micro_variant vs[] = {
+		{ "getppid()", NULL, 0, 0, 0, 0, 0, { 0 } },
+		{ "memwatch GET\\|CLEAR, 1 clean page", mwmem, 1, gc, 0, PAGES, 0, { 0 } },
+		{ "memwatch GET\\|CLEAR, 1 clean page, vec_len 1", mwmem, 1, gc, 0, 1, 0, { 0 } },
+		{ "memwatch GET\\|CLEAR, 1 clean page, real pidfd", mwmem, 1, gc, 1, PAGES, 0, { 0 } },
+		{ "memwatch GET, 1 clean page", mwmem, 1, MEMWATCH_SD_GET, 0, PAGES, 0, { 0 } },
+		{ "memwatch CLEAR, 1 clean page", mwmem, 1, MEMWATCH_SD_CLEAR, 0, 0, 0, { 0 } },
+		{ "PAGEMAP_SCAN WP, 1 clean page", pmmem, 1, 1, 0, 0, 1, { 0 } },
+		{ "PAGEMAP_SCAN no WP, 1 clean page", pmmem, 1, 0, 0, 0, 1, { 0 } },
+		{ "memwatch GET\\|CLEAR, 20000 clean pages", mwmem, PAGES, gc, 0, PAGES, 0, { 0 } },
+		{ "memwatch GET, 20000 clean pages", mwmem, PAGES, MEMWATCH_SD_GET, 0, PAGES, 0, { 0 } },
+		{ "PAGEMAP_SCAN WP, 20000 clean pages", pmmem, PAGES, 1, 0, 0, 1, { 0 } },
+	};
+	const size_t nv = sizeof(vs) / sizeof(*vs);
+
+	for (size_t i = 0; i < nv; i++)
+		micro_call(&vs[i]);
+	for (int r = 0; r < MICRO_ROUNDS; r++) {
+		for (size_t i = 0; i < nv; i++) {
+			int n = vs[i].pages > 1 ? iters / 100 + 1 : iters;
+			uint64_t t0 = now_ns();
+
+			for (int k = 0; k < n; k++)
+				micro_call(&vs[i]);
+			vs[i].t[r] = (now_ns() - t0) / n;
+		}
+	}
+	printf("| ns per call (median of %d rounds) | value |\n|---|---|\n",
+	       MICRO_ROUNDS);
+	for (size_t i = 0; i < nv; i++) {
+		qsort(vs[i].t, MICRO_ROUNDS, sizeof(uint64_t), cmp_u64);
+		printf("| %s | %llu |\n", vs[i].name,
+		       (unsigned long long)vs[i].t[MICRO_ROUNDS / 2]);
+	}
+	mw_flags = 0;
+	printf("| memwatch: write fault, per page (N=10000) | %.0f |\n",
+	       micro_write_ns(mwmem, PAGES, 10000, mw_collect));
+	printf("| PAGEMAP_SCAN: write fault, per page (N=10000) | %.0f |\n",
+	       micro_write_ns(pmmem, PAGES, 10000, pm_collect));
+	printf("| memwatch: collect, per dirty page (N=10000) | %.0f |\n",
+	       micro_collect_ns(mwmem, PAGES, 10000, mw_collect));
+	printf("| PAGEMAP_SCAN: collect, per dirty page (N=10000) | %.0f |\n",
+	       micro_collect_ns(pmmem, PAGES, 10000, pm_collect));
+	pm_teardown();
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int repeats = argc > 1 ? atoi(argv[1]) : 11;
@@ -439,6 +672,13 @@ int main(int argc, char **argv)
 	size_t sparse_pages = (64UL << 20) / sysconf(_SC_PAGESIZE);
 	size_t huge_pages = (1UL << 40) / sysconf(_SC_PAGESIZE);
 
+	if (argc > 1 && !strcmp(argv[1], "micro")) {
+		psize = sysconf(_SC_PAGESIZE);
+		out = calloc(PAGES, sizeof(*out));
+		if (!out)
+			die("calloc");
+		return micro(argc > 2 ? atoi(argv[2]) : 300);
+	}
 	if (repeats < 3)
 		repeats = 3;
 	if (repeats > MAXREP)
@@ -457,7 +697,8 @@ int main(int argc, char **argv)
 		printf("---|");
 	printf("\n");
 
-	for (size_t m = 0; m < sizeof(mechs) / sizeof(*mechs); m++) {
+	turns(rows, repeats);
+	for (size_t m = TURNS; m < sizeof(mechs) / sizeof(*mechs); m++) {
 		const struct mech *me = &mechs[m];
 
 		if (!strchr(rows, (int)('0' + m)))
@@ -510,25 +751,34 @@ int main(int argc, char **argv)
 		    memwatch(huge, huge_pages * psize,
 			     MEMWATCH_SD_CLEAR | mw_flags, NULL, 0))
 			die("process_memwatch CLEAR");
-		a = cycle(alone, sparse_pages, 100, repeats, mw_collect, &bad);
-		/* the cycle writes in pop, collects over all of huge */
+		/*
+		 * The cycle writes in pop and collects over all of huge.  The
+		 * two regions take turns, cycle by cycle, so that load on the
+		 * host hits both alike: the ratio is what is reported.
+		 */
 		{
-			uint64_t t[MAXREP];
+			uint64_t ta[MAXREP], th[MAXREP];
 
-			for (int r = 0; r < repeats && r < MAXREP; r++) {
-				uint64_t t0 = now_ns();
+			cycle(alone, sparse_pages, 100, 1, mw_collect, &bad);
+			for (int r = 0; r < repeats; r++) {
+				uint64_t t0;
 				long got;
 
+				ta[r] = (uint64_t)(cycle(alone, sparse_pages, 100, 1,
+							 mw_collect, &bad) * 1000);
+				t0 = now_ns();
 				write_pages(pop, sparse_pages, 100);
 				got = memwatch(huge, huge_pages * psize,
 					       MEMWATCH_SD_GET | MEMWATCH_SD_CLEAR |
 					       mw_flags, out, sparse_pages);
-				t[r] = now_ns() - t0;
+				th[r] = now_ns() - t0;
 				if (got != 100)
 					bad = 1;
 			}
-			qsort(t, repeats, sizeof(*t), cmp_u64);
-			h = t[repeats / 2] / 1000.0;
+			qsort(ta, repeats, sizeof(*ta), cmp_u64);
+			qsort(th, repeats, sizeof(*th), cmp_u64);
+			a = ta[repeats / 2] / 1000.0;
+			h = th[repeats / 2] / 1000.0;
 		}
 		printf("%ssparse%s (N=100): 64 MiB alone %.0f us, 64 MiB in 1 TiB %.0f us, ratio %.2fx%s\n",
 		       nrr ? "\n" : "", nrr ? " NRR" : "", a, h, h / a,
