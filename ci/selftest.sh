@@ -10,7 +10,8 @@
 # run in one QEMU guest booted from that kernel (ci/vm-run.sh), after a setup that the tests
 # themselves leave alone (they skip, with the reason, without it): swap on a 64 MiB RAM disk
 # (/dev/ram0), ksmd running (fast scan), two reserved hugetlb pages, Yama ptrace_scope=1
-# (the kernel's default, which the virtme-ng guest turns off). The TAP is checked, not just the exit status: each binary must print
+# (the kernel's default, which the virtme-ng guest turns off), two NUMA nodes when the kernel
+# has CONFIG_NUMA (vm-run.sh --numa 2). The TAP is checked, not just the exit status: each binary must print
 # a plan and exactly that many ok/not ok lines. Exit status: the first failing binary's, 1 if
 # the TAP is incomplete, or vm-run's (124 timeout, 255 no exit status, 1 kernel
 # WARNING/BUG/KASAN/lockdep). The last line is "selftest: N passed, N failed, N skipped".
@@ -51,6 +52,10 @@ main() {
     headers=$(sed -n 's/^HEADERS=//p' <<<"$env_lines")
     config=$(sed -n 's/^CONFIG=//p' <<<"$env_lines")
     tree=$("$MW_REPO/ci/build-kernel.sh" --variant "$variant" --print-tree | tail -n 1)
+
+    # Two NUMA nodes (migration_while_clearing moves pages between them) when the kernel has NUMA.
+    local numa=1
+    grep -q '^CONFIG_NUMA=y' "$config" && numa=2
 
     local src=$tree/$TEST_REL
     if [[ ! -f $src ]]; then
@@ -119,6 +124,7 @@ if [[ -w /sys/kernel/mm/ksm/run ]]; then
     echo 1 > /sys/kernel/mm/ksm/run
     echo "# setup: ksmd running"
 fi
+echo "# setup: NUMA nodes: $(cat /sys/devices/system/node/online 2>/dev/null || echo none)"
 echo 2 > /proc/sys/vm/nr_hugepages 2>/dev/null
 echo 1 > /proc/sys/kernel/yama/ptrace_scope 2>/dev/null
 echo "# setup: hugetlb pages: $(cat /proc/sys/vm/nr_hugepages 2>/dev/null)," \
@@ -136,7 +142,7 @@ SETUP
     chmod +x "$runner"
 
     local log=$outdir/tap.log rc=0
-    "$MW_REPO/ci/vm-run.sh" --kernel "$kernel" --timeout "$timeout_s" -- "$runner" | tee "$log" || rc=${PIPESTATUS[0]}
+    "$MW_REPO/ci/vm-run.sh" --kernel "$kernel" --numa "$numa" --timeout "$timeout_s" -- "$runner" | tee "$log" || rc=${PIPESTATUS[0]}
 
     # Check each binary's TAP: plan present, every test reported, exit status.
     local total_pass=0 total_fail=0 total_skip=0 first_bad=0 sect plan n_ok n_notok n_skip st

@@ -14,6 +14,7 @@
 #   --kernel PATH    use this bzImage instead
 #   --timeout S      kill the guest after S seconds (default 900) -> exit 124
 #   --memory SIZE    guest RAM (default 2G); --cpus N guest vCPUs (default 2)
+#   --numa N         N NUMA nodes (memory split evenly, vCPUs on node 0; needs CONFIG_NUMA)
 #   --kvm MODE       auto (default, $MEMWATCH_KVM): KVM only if a cached probe booted a guest
 #                    with it on this host kernel; otherwise TCG (--disable-kvm)
 #   --show-console   also stream the guest kernel console to stderr
@@ -33,6 +34,7 @@ kernel=
 timeout_s=900
 memory=2G
 cpus=2
+numa=0
 kvm_mode=${MEMWATCH_KVM:-auto}
 show_console=0
 keep=0
@@ -44,6 +46,7 @@ while [[ $# -gt 0 ]]; do
         --timeout) timeout_s=${2:?}; shift 2 ;;
         --memory) memory=${2:?}; shift 2 ;;
         --cpus) cpus=${2:?}; shift 2 ;;
+        --numa) numa=${2:?}; shift 2 ;;
         --kvm) kvm_mode=${2:?}; shift 2 ;;
         --env) extra_env+=("${2:?}"); shift 2 ;;
         --show-console) show_console=1; shift ;;
@@ -78,6 +81,18 @@ vng_cmd() {
         --append "rootflags=version=9p2000.L,trans=virtio,access=any,msize=512000,cache=loose"
         --rwdir "$MW_REPO" --rwdir "$run" --exec "bash $script")
     [[ -n $kvm_flag ]] && cmd+=("$kvm_flag")
+    # --numa N: vng --numa MEM[,cpus=] once per node (node memory must add up to --memory).
+    # Every vCPU on node 0, the other nodes memory only: QEMU's default topology puts all
+    # vCPUs in one socket, and CPUs of one LLC on two nodes make the kernel WARN at boot.
+    if [[ $numa -gt 1 ]]; then
+        local mib i
+        mib=$(numfmt --from=iec "$memory")
+        mib=$((mib / 1048576 / numa))
+        cmd+=(--numa "${mib}M,cpus=0-$((cpus - 1))")
+        for ((i = 1; i < numa; i++)); do
+            cmd+=(--numa "${mib}M")
+        done
+    fi
     printf '%q ' "${cmd[@]}"
 }
 
