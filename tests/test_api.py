@@ -90,7 +90,7 @@ def test_pidfd_self_and_page_size() -> None:
 def test_backends_list() -> None:
     bs = memwatch.backends()
     assert [b.name for b in bs] == [
-        "syscall", "pagemap_scan", "softdirty", "uffd", "mprotect"
+        "syscall", "pagemap_scan", "uffd", "softdirty", "mprotect"
     ]
     for b in bs:
         assert isinstance(b, memwatch.Backend)
@@ -102,7 +102,7 @@ def test_backends_list() -> None:
     caps = {b.name: b for b in bs}
     assert caps["syscall"].remote and caps["softdirty"].remote
     assert not caps["pagemap_scan"].remote
-    assert not caps["softdirty"].partial_reset
+    assert caps["softdirty"].partial_reset  # through the registry's sweeps
     assert caps["pagemap_scan"].partial_reset
     assert not caps["mprotect"].sees_kernel_writes
     assert caps["pagemap_scan"].sees_kernel_writes
@@ -275,22 +275,25 @@ def test_dirty_loops_past_internal_buffer(backend: str) -> None:
 
 @pytest.mark.guest
 @pytest.mark.parametrize("backend", [p for p in ANY if p.values[0] == "softdirty"])
-def test_softdirty_refuses_partial_reset(backend: str) -> None:
+def test_softdirty_watches_share_a_process(backend: str) -> None:
+    """The real clear_refs: two softdirty Watches in one process, one
+    partially inside the other; each one's resets (whole-process clears)
+    never hide a write from the other, and each resets only what it asks."""
     with anon(8) as m, memwatch.Watch(m, backend=backend) as w:
+        base = address_of(m)
         touch(m, [1, 6])
-        with pytest.raises(memwatch.UnsupportedError, match="partial_reset"):
-            w.reset(start=PAGE, length=PAGE)
-        with pytest.raises(memwatch.UnsupportedError):
-            w.dirty(reset=True, start=PAGE)
-        with pytest.raises(memwatch.UnsupportedError):
-            w.dirty_into(array("Q", [0]), reset=True)
-        # Nothing was cleared by the refused calls.
-        assert set(offsets({1, 6})) <= set(w.dirty())
-        # A second softdirty Watch in the same process would be erased by
-        # this one's resets: refused too.
-        with anon(1) as m2, pytest.raises(memwatch.UnsupportedError):
-            memwatch.Watch(m2, backend=backend)
-        assert set(offsets({1, 6})) <= set(w.dirty(reset=True))
+        w.reset(start=PAGE, length=PAGE)  # clears the process, keeps 6
+        assert set(offsets({6})) <= set(w.dirty())
+        with memwatch.Watch(base + 4 * PAGE, 4 * PAGE, backend=backend) as inner:
+            assert list(inner.dirty()) == []
+            touch(m, [5, 7])
+            assert set(offsets({5, 6, 7})) <= set(w.dirty(reset=True, start=5 * PAGE))
+            assert set(offsets({1, 3})) <= set(inner.dirty(reset=True, start=PAGE))
+            touch(m, [5])
+            assert set(offsets({5})) <= set(w.dirty(reset=True))
+            assert set(offsets({1})) <= set(inner.dirty(reset=True))
+        touch(m, [0])
+        assert set(offsets({0})) <= set(w.dirty(reset=True))
 
 
 @pytest.mark.parametrize("backend", ANY)
