@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+import test_overlap
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support import PAGE, Child, address_of, anon
 
 import memwatch
@@ -335,3 +338,43 @@ def test_alloc_auto_takes_softdirty_when_it_is_the_best_left(
     assert rows["softdirty"].chosen
     assert "softdirty is preferred" in rows["mprotect"].why
     assert "disabled by the test" in rows["uffd"].why
+
+
+class _FakeSoftDirtyModel(test_overlap.Model):
+    """test_overlap's model, with each write also setting the fake kernel's
+    soft-dirty bit (the fake cannot see memory writes)."""
+
+    def apply(self, op: object, mem: memoryview) -> None:
+        super().apply(op, mem)
+        if isinstance(op, test_overlap.Write):
+            FakeSoftDirty.process.setdefault(os.getpid(), set()).update(
+                self.base + p * PAGE for p in op.pages
+            )
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(program=st.lists(test_overlap.ops, max_size=40))
+def test_softdirty_watches_match_the_model(
+    fakes: list[FakeTracker], monkeypatch: pytest.MonkeyPatch, program: list[object]
+) -> None:
+    """Up to four softdirty Watches at once over overlapping ranges, random
+    writes, scans (whole, narrowed, short buffers, with and without reset),
+    partial resets, opens and closes, against test_overlap's model -- with a
+    fake kernel whose every reset clears the whole process, as clear_refs
+    does.  Exact: the fake has no false positives.  The real clear_refs runs
+    the same program in the guest (test_overlap.py, softdirty)."""
+    monkeypatch.setattr(test_overlap, "EXACT", {"softdirty"})
+    FakeSoftDirty.process.clear()
+    with anon(test_overlap.NPAGES) as mem:
+        model = _FakeSoftDirtyModel("softdirty", address_of(mem))
+        try:
+            for op in program:
+                model.apply(op, mem)
+            for slot in list(model.watches):
+                model.dirty_op(test_overlap.Dirty(slot, True, 0, None, None))
+        finally:
+            model.close()

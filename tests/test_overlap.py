@@ -39,8 +39,11 @@ NPAGES = 24
 SLOTS = 4  # Watches open at once, at most
 
 # Backends whose reports are exact on private anonymous NOHUGEPAGE pages
-# written by one thread: all but softdirty (VMA merges), which has no partial
-# reset and so does not run here anyway.
+# written by one thread: all but softdirty (a VMA merge after a clear_refs
+# makes the kernel report every page of it), checked as a superset.  softdirty
+# runs here in the guest: its Watches share one process-wide clear_refs
+# through the registry's sweeps (the host runs the same programs against a
+# fake clear_refs: test_facade_fakes.py).
 EXACT = {name for name in BACKENDS if name != "softdirty"}
 # Before pa's hardening (branch pa: the uffd handler thread started before
 # anything is protected, bitmaps in their own mmap) a uffd Watch on a heap
