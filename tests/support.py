@@ -32,6 +32,8 @@ def skip_reason(name: str) -> str | None:
     b = BACKENDS[name]
     if b.available:
         return None
+    if IN_GUEST:  # a guest kernel without it (the stock 6.1 one: ci/test-stock.sh)
+        return f"backend {name} is unavailable on this kernel ({os.uname().release}): {b.reason}"
     if name in GUEST_ONLY:
         what = "process_memwatch" if name == "syscall" else "CONFIG_MEM_SOFT_DIRTY"
         return (
