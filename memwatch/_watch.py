@@ -148,9 +148,19 @@ class Watch:
     with ``remote=True`` (``syscall``, ``softdirty``) can do this.
 
     *backend* is ``"auto"`` (the first available of syscall, pagemap_scan,
-    softdirty, uffd, mprotect that can do what is asked) or one of those
-    names; :class:`memwatch.UnsupportedError` says what is missing when none
-    can.
+    uffd, softdirty, mprotect that can do what is asked;
+    ``memwatch._backends.explain()`` says why) or one of those names;
+    :class:`memwatch.UnsupportedError` says what is missing when none can.
+
+    ``softdirty`` resets through ``/proc/PID/clear_refs``, which clears the
+    soft-dirty state of the *whole* target process.  memwatch first moves
+    that state into every softdirty Watch of the process (so several coexist
+    and each resets only what it asks), but what stays process-wide is
+    beyond it: anything else clearing the same process's soft-dirty bits
+    (CRIU's pre-dump, another tool) erases writes no Watch has collected; a
+    write landing between a scan's pagemap read and its clear is lost
+    (``atomic=False``); and every clear takes the target's mmap write lock
+    while it walks all its page tables (README, "Kernels").
 
     A new Watch resets its range: it reports only writes made after it was
     created.  It is a context manager; :meth:`close` undoes every
@@ -628,8 +638,9 @@ class Watch:
     def reset(self, start: int = 0, length: int | None = None) -> None:
         """Mark the range clean; *start*/*length* as for :meth:`dirty_into`.
 
-        A backend with ``partial_reset=False`` (softdirty) refuses anything
-        but the whole watched range with UnsupportedError.
+        A backend with ``partial_reset=False`` would refuse anything but the
+        whole watched range with UnsupportedError; every backend has it now
+        (softdirty through memwatch's sweeps).
         """
         if start == 0 and length is None:
             if self._member is None:

@@ -296,6 +296,24 @@ def test_softdirty_watches_share_a_process(backend: str) -> None:
         assert set(offsets({0})) <= set(w.dirty(reset=True))
 
 
+@pytest.mark.guest
+@pytest.mark.parametrize("backend", [p for p in ANY if p.values[0] == "softdirty"])
+def test_softdirty_clear_refs_by_someone_else_is_process_wide(backend: str) -> None:
+    """The documented limit memwatch cannot lift: the soft-dirty state is one
+    per process, so anything else writing clear_refs for it (CRIU's pre-dump,
+    another tool, a second memwatch in another process) erases writes no
+    Watch has collected yet.  memwatch's own Watches sweep before they clear;
+    strangers do not."""
+    with anon(4) as m, memwatch.Watch(m, backend=backend) as w:
+        touch(m, [2])
+        assert set(offsets({2})) <= set(w.dirty())  # seen, not collected
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("4")
+        assert 2 * PAGE not in set(w.dirty()), "a foreign clear_refs erased it"
+        touch(m, [3])
+        assert set(offsets({3})) <= set(w.dirty(reset=True))
+
+
 @pytest.mark.parametrize("backend", ANY)
 def test_int_address_target(backend: str) -> None:
     with anon(6) as m:
