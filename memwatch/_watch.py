@@ -73,6 +73,11 @@ def _out_capacity(out: object) -> int:
         raise TypeError(
             f"out must be a writable buffer of 8-byte items, not {type(out).__name__}"
         ) from None
+    except ValueError as err:  # numpy datetime64 & co: the binding's words
+        raise TypeError(
+            f"out must be a buffer of 8-byte integers; this {type(out).__module__}."
+            f"{type(out).__qualname__} cannot export one: {err}"
+        ) from None
     with view:
         if view.readonly or not view.c_contiguous or view.ndim != 1 or view.itemsize != 8:
             raise TypeError(
@@ -394,9 +399,15 @@ class Watch:
         return n
 
     def _shared_scan(self, start: int, length: int, out: Buffer, reset: bool) -> int:
-        """scan() while other Watches share some of this Watch's pages."""
-        _out_capacity(out)  # the backend's TypeError, before anything is reset
-        return self._checked_scan(start, length, out, reset)
+        """scan() while other Watches share some of this Watch's pages (and
+        always for softdirty): the checks the binding makes on the direct
+        path, before anything is reset."""
+        if reset is not True and reset is not False and type(reset).__name__ not in (
+            "bool_", "bool"
+        ):
+            raise TypeError(f"reset must be a bool, not {type(reset).__name__}")
+        _out_capacity(out)
+        return self._checked_scan(start, length, out, bool(reset))
 
     def _partial_error(self, what: str) -> UnsupportedError:
         return UnsupportedError(

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 PAGE = mmap.PAGESIZE
 PROT_NONE = 0
 IN_GUEST = os.environ.get("MEMWATCH_IN_GUEST") == "1"
+# Wall-clock limits of subprocess-based tests (hang detectors) are sized for
+# the host; Python under QEMU TCG runs 15-35x slower (and the CI machine is
+# shared), so a guest run gives them ten times longer.
+TIMEOUT_SCALE = 10 if IN_GUEST else 1
 # Backends that only the patched QEMU guest kernel provides on this project's
 # machines: the host kernel lacks process_memwatch and CONFIG_MEM_SOFT_DIRTY.
 GUEST_ONLY = frozenset({"syscall", "softdirty"})

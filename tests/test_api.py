@@ -15,6 +15,7 @@ from support import (
     BACKENDS,
     GUEST_ONLY,
     PAGE,
+    TIMEOUT_SCALE,
     address_of,
     anon,
     backend_params,
@@ -73,12 +74,22 @@ def test_stub_matches_runtime() -> None:
 
     pytest.importorskip("mypy.stubtest")
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(Path(memwatch.__file__).resolve().parents[1]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "memwatch._memwatch",
-         "--allowlist", str(root / "tests" / "stubtest-allowlist.txt")],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )
+    import tempfile
+
+    # mypy's sqlite cache in a private temporary dir: in the QEMU guest the
+    # checkout is on 9p, where sqlite fails with "disk I/O error".
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(Path(memwatch.__file__).resolve().parents[1]),
+            MYPY_CACHE_DIR=cache,
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "mypy.stubtest", "memwatch._memwatch",
+             "--allowlist", str(root / "tests" / "stubtest-allowlist.txt")],
+            capture_output=True, text=True, env=env, timeout=300 * TIMEOUT_SCALE,
+            check=False,
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
