@@ -282,7 +282,21 @@ def explain(
             rows.append(
                 Choice(b, False, f"available, but {chosen.name} is preferred: {weakness}")
             )
-    return rows
+    return [_with_mode(c) for c in rows]
+
+
+def _with_mode(c: Choice) -> Choice:
+    """Say which way uffd runs (it has only one way since 5.7 support)."""
+    if c.backend.name == "uffd" and c.backend.available and bool(
+        getattr(_memwatch.UffdTracker, "missing_mode", False)
+    ):
+        return dataclasses.replace(
+            c,
+            why=c.why + " [uffd runs in missing mode: it registers MISSING|WP and fills "
+            "never-touched pages itself, so it needs no UFFD_FEATURE_WP_UNPOPULATED "
+            "(Linux 5.7+)]",
+        )
+    return c
 
 
 def _why_chosen(b: Backend, before: list[Choice]) -> str:

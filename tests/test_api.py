@@ -685,3 +685,35 @@ def test_forked_child_cannot_undo_parent_watch(backend: str) -> None:
         touch(m, [2])
         assert list(w.dirty(reset=True)) == [2 * PAGE]
         assert list(w.dirty()) == []
+
+
+@pytest.mark.parametrize("remote", [False, True])
+@pytest.mark.parametrize("partial_reset", [False, True])
+@pytest.mark.parametrize("kernel_writes", [False, True])
+def test_explain_agrees_with_choose(remote: bool, partial_reset: bool, kernel_writes: bool) -> None:
+    """explain() (what `memwatch info` prints) names exactly the backend
+    auto takes for the same requirements, and says why for every other."""
+    from memwatch import _backends
+
+    rows = _backends.explain(
+        remote=remote, partial_reset=partial_reset, kernel_writes=kernel_writes
+    )
+    assert [r.backend.name for r in rows] == [b.name for b in memwatch.backends()]
+    chosen = [r.backend.name for r in rows if r.chosen]
+    assert len(chosen) <= 1
+    for r in rows:
+        assert r.why, r
+        if not r.backend.available:
+            assert not r.chosen and (r.backend.reason in r.why or r.why.startswith("cannot"))
+    try:
+        b = _backends.choose(
+            "auto", remote=remote, partial_reset=partial_reset, kernel_writes=kernel_writes
+        )
+    except memwatch.UnsupportedError:
+        assert chosen == []
+    else:
+        assert chosen == [b.name]
+        ranked_after = [r for r in rows[[x.backend.name for x in rows].index(b.name) + 1:]]
+        for r in ranked_after:
+            if r.backend.available and r.why.startswith("available"):
+                assert f"{b.name} is preferred" in r.why
