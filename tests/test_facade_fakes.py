@@ -353,7 +353,7 @@ class _FakeSoftDirtyModel(test_overlap.Model):
 
 
 @settings(
-    max_examples=60,
+    max_examples=test_overlap.MAX_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
