@@ -76,8 +76,9 @@ def test_stub_matches_runtime() -> None:
     root = Path(__file__).resolve().parents[1]
     import tempfile
 
-    # mypy's sqlite cache in a private temporary dir: in the QEMU guest the
-    # checkout is on 9p, where sqlite fails with "disk I/O error".
+    # mypy's sqlite cache (./.mypy_cache; stubtest ignores MYPY_CACHE_DIR) in
+    # a private temporary cwd: in the QEMU guest the checkout is on 9p,
+    # where sqlite fails with "disk I/O error".
     with tempfile.TemporaryDirectory() as cache:
         env = dict(
             os.environ,
@@ -88,7 +89,7 @@ def test_stub_matches_runtime() -> None:
             [sys.executable, "-m", "mypy.stubtest", "memwatch._memwatch",
              "--allowlist", str(root / "tests" / "stubtest-allowlist.txt")],
             capture_output=True, text=True, env=env, timeout=300 * TIMEOUT_SCALE,
-            check=False,
+            check=False, cwd=cache,
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
