@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Usage: ci/build-kernel.sh [--variant fast|debug] [--print-tree | --print-headers | --print-env]
-#                           [--clean]
+# Usage: ci/build-kernel.sh [--source patched|stock-6.1] [--variant fast|debug]
+#                           [--print-tree | --print-headers | --print-env] [--clean]
 #
 # Builds the memwatch guest kernel: Debian's pristine linux-source-6.12 + the patches listed
 # in linux/series (applied in order, each dry-run first), configured as
@@ -8,6 +8,9 @@
 # and prints the path of the bzImage as the LAST line of stdout (everything else goes to
 # stderr; the full make output goes to a log file under the cache).
 #
+#   --source patched    (default, or $MEMWATCH_SOURCE) linux-source-6.12 + linux/series
+#   --source stock-6.1  Debian 12's own linux-source-6.1, no patch: the kernel most users run
+#                       (same config fragments; cached as stock-6.1-VARIANT-KEY)
 #   --variant fast   (default, or $MEMWATCH_VARIANT) plain kernel
 #   --variant debug  + KASAN, lockdep, DEBUG_VM, DEBUG_ATOMIC_SLEEP (linux/debug.config)
 #   --print-tree     print the patched source tree instead (to build the selftest)
@@ -31,12 +34,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # All in one function: bash reads it whole, so editing this file cannot break a running build.
 main() {
     variant=${MEMWATCH_VARIANT:-fast}
+    source_name=${MEMWATCH_SOURCE:-patched}
     print=kernel
     clean=0
     while [[ $# -gt 0 ]]; do
         case $1 in
             --variant) variant=${2:?--variant needs fast or debug}; shift 2 ;;
             --variant=*) variant=${1#*=}; shift ;;
+            --source) source_name=${2:?--source needs patched or stock-6.1}; shift 2 ;;
+            --source=*) source_name=${1#*=}; shift ;;
             --print-tree) print=tree; shift ;;
             --print-headers) print=headers; shift ;;
             --print-env) print="env"; shift ;;
@@ -48,6 +54,10 @@ main() {
         esac
     done
     case $variant in fast|debug) ;; *) mw_die "--variant must be fast or debug, not '$variant'" ;; esac
+    mw_select_source "$source_name"
+    # Cache/work name: the patched kernel keeps its historical names (fast-KEY, work/fast).
+    name=$variant
+    [[ $MW_SOURCE == patched ]] || name=$MW_SOURCE-$variant
 
     linux_dir=$MW_REPO/linux
     series=$linux_dir/series
@@ -60,11 +70,13 @@ main() {
     mw_ensure_build_deps
 
     # --- the patch series -------------------------------------------------------------------
-    local patch_list
-    patch_list=$(mw_series_patches)
+    local patch_list=
+    [[ $MW_SOURCE == patched ]] && patch_list=$(mw_series_patches)
     patches=()
     [[ -n $patch_list ]] && mapfile -t patches <<<"$patch_list"
-    if [[ ${#patches[@]} -eq 0 ]]; then
+    if [[ $MW_SOURCE != patched ]]; then
+        mw_log "building Debian's stock $MW_SRC_PACKAGE (no memwatch patches)"
+    elif [[ ${#patches[@]} -eq 0 ]]; then
         mw_log "linux/series is missing or empty: building the pristine 6.12 tree (no memwatch patches)"
     fi
 
@@ -76,15 +88,16 @@ main() {
             echo "source=$MW_SRC_PACKAGE $src_version"
             echo "gcc=$(gcc --version | head -n1)"
             echo "recipe=$RECIPE"
-            [[ -f $series ]] && { echo "series:"; cat "$series"; }
+            # (the stock kernel's key leaves the series out: a patch change does not rebuild it)
+            [[ $MW_SOURCE == patched && -f $series ]] && { echo "series:"; cat "$series"; }
             for p in "${patches[@]}"; do echo "patch ${p##*/}"; sha256sum <"$p"; done
             for f in "${fragments[@]}"; do echo "fragment ${f##*/}"; sha256sum <"$f"; done
         } | sha256sum | cut -c1-16
     )
-    if [[ $print == key ]]; then echo "$variant-$key"; exit 0; fi
-    if [[ $print == is-cached ]]; then [[ -f $MW_CACHE/out/$variant-$key/.done ]]; exit; fi
-    out=$MW_CACHE/out/$variant-$key
-    work=$MW_CACHE/work/$variant
+    if [[ $print == key ]]; then echo "$name-$key"; exit 0; fi
+    if [[ $print == is-cached ]]; then [[ -f $MW_CACHE/out/$name-$key/.done ]]; exit; fi
+    out=$MW_CACHE/out/$name-$key
+    work=$MW_CACHE/work/$name
     src=$work/src
     build=$work/build
     pristine=
@@ -150,7 +163,8 @@ main() {
     }
 
     kmake() {
-        make -C "$src" O="$build" ARCH=x86_64 \
+        # nice: the machine's 2 cores are shared with test runs and other builds.
+        nice -n 10 make -C "$src" O="$build" ARCH=x86_64 \
             CC="ccache gcc" HOSTCC="ccache gcc" \
             KBUILD_BUILD_USER=memwatch KBUILD_BUILD_HOST=ci KBUILD_BUILD_TIMESTAMP="memwatch $key" \
             "$@" >>"$log" 2>&1
@@ -206,7 +220,7 @@ main() {
 
     # Cached: no lock needed (results are published by an atomic rename).
     if [[ -f $out/.done && ( $print != tree || ( -f $work/src.key && $(cat "$work/src.key") == "$key" ) ) ]]; then
-        mw_log "cached $variant kernel (key $key), $(mw_elapsed "$t_start") s"
+        mw_log "cached $name kernel (key $key), $(mw_elapsed "$t_start") s"
         emit
         exit 0
     fi
@@ -222,14 +236,14 @@ main() {
             extract_pristine
             prepare_tree
         fi
-        mw_log "cached $variant kernel (key $key), $(mw_elapsed "$t_start") s"
+        mw_log "cached $name kernel (key $key), $(mw_elapsed "$t_start") s"
         emit
         exit 0
     fi
 
-    log=$MW_CACHE/logs/build-$variant-$(date +%Y%m%d-%H%M%S).log
+    log=$MW_CACHE/logs/build-$name-$(date +%Y%m%d-%H%M%S).log
     : >"$log"
-    mw_log "building $variant kernel, key $key, log: $log"
+    mw_log "building $name kernel, key $key, log: $log"
     extract_pristine
     [[ $clean -eq 1 ]] && { mw_log "--clean: removing $build"; rm -rf "$build"; }
     prepare_tree
@@ -263,14 +277,14 @@ main() {
         echo "BUILD=$build"
         echo "CONFIG=$out/config"
         echo "VMLINUX=$build/vmlinux"
-        echo "KEY=$variant-$key"
+        echo "KEY=$name-$key"
     } >"$out.tmp/env"
     cp "$log" "$out.tmp/build.log"
     touch "$out.tmp/.done"
     rm -rf "$out"
     mv "$out.tmp" "$out"
-    ln -sfn "$out" "$MW_CACHE/out/$variant-latest"
-    mw_log "done: $variant kernel $(du -h "$out/bzImage" | cut -f1) in $(mw_elapsed "$t_start") s total"
+    ln -sfn "$out" "$MW_CACHE/out/$name-latest"
+    mw_log "done: $name kernel $(du -h "$out/bzImage" | cut -f1) in $(mw_elapsed "$t_start") s total"
     emit
 }
 

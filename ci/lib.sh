@@ -10,6 +10,11 @@ MW_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MW_CACHE=${MEMWATCH_CACHE:-$HOME/.cache/memwatch}
 MW_SRC_TARBALL=/usr/src/linux-source-6.12.tar.xz
 MW_SRC_PACKAGE=linux-source-6.12
+# Kernel source the build starts from: "patched" = Debian's linux-source-6.12 + linux/series
+# (the default); "stock-6.1" = Debian 12's own linux-source-6.1 with no memwatch patch, to
+# test the package on the kernel most users run (no PAGEMAP_SCAN, no WP_UNPOPULATED, no syscall).
+MW_SOURCE=patched
+MW_SRC_SERIES=6.12
 MW_VIRTME_NG_VERSION=1.42
 
 mw_log() { printf '%s: %s\n' "${MW_PROG:-ci}" "$*" >&2; }
@@ -55,10 +60,25 @@ mw_ensure_vm_deps() {
 
 mw_src_version() { dpkg-query -W -f='${Version}' "$MW_SRC_PACKAGE"; }
 
-# mw_pristine_tree: extract Debian's linux-source-6.12 tarball once into the cache (checking
-# that it is a 6.12.x tree) and print the tree's path.
+# mw_select_source patched|stock-6.1: point MW_SRC_* at that source package (call before
+# mw_ensure_build_deps / mw_pristine_tree).
+mw_select_source() {
+    case $1 in
+        patched) MW_SRC_SERIES=6.12 ;;
+        stock-6.1) MW_SRC_SERIES=6.1 ;;
+        *) mw_die "--source must be patched or stock-6.1, not '$1'" ;;
+    esac
+    MW_SOURCE=$1
+    MW_SRC_PACKAGE=linux-source-$MW_SRC_SERIES
+    MW_SRC_TARBALL=/usr/src/$MW_SRC_PACKAGE.tar.xz
+}
+
+# mw_pristine_tree: extract the selected Debian linux-source-X.Y tarball once into the cache
+# (checking that it is an X.Y.z tree) and print the tree's path. 6.12 keeps the historical
+# location ($MW_CACHE/pristine: tests/test_uapi_headers.py looks there).
 mw_pristine_tree() {
     local root=$MW_CACHE/pristine version
+    [[ $MW_SRC_SERIES == 6.12 ]] || root=$MW_CACHE/pristine-$MW_SRC_SERIES
     version=$(mw_src_version)
     if [[ ! -f $root/.extracted || $(cat "$root/.extracted") != "$version" ]]; then
         [[ -f $MW_SRC_TARBALL ]] || mw_die "$MW_SRC_TARBALL missing (package $MW_SRC_PACKAGE)"
@@ -70,7 +90,7 @@ mw_pristine_tree() {
         tar -xf "$MW_SRC_TARBALL" -C "$tmp"
         [[ -d $tmp/$MW_SRC_PACKAGE ]] || mw_die "$MW_SRC_TARBALL has no $MW_SRC_PACKAGE/ directory"
         kv=$(make -s -C "$tmp/$MW_SRC_PACKAGE" kernelversion)
-        [[ $kv == 6.12.* ]] || mw_die "expected a 6.12.x tree, $MW_SRC_TARBALL has $kv"
+        [[ $kv == "$MW_SRC_SERIES".* ]] || mw_die "expected a $MW_SRC_SERIES.x tree, $MW_SRC_TARBALL has $kv"
         echo "$version" >"$tmp/.extracted"
         mv "$tmp" "$root"
         mw_log "extracted kernel $kv in $(mw_elapsed "$t0") s"

@@ -54,3 +54,4 @@ stage "guest: kernel selftests (memwatch_test, soft-dirty, pagemap_ioctl)" bash 
 stage "guest: short fuzz run" bash ci/fuzz.sh --calls 3000
 stage "guest: python tests marked 'guest'" guest_pytest bash ci/vm-run.sh -- env MEMWATCH_IN_GUEST=1 \
 	python3 -m pytest -q -rs -m guest -p no:cacheprovider
+stage "guest 6.1: python suite on Debian's stock kernel (build cached; tests marked slow excluded)" bash ci/test-stock.sh

@@ -38,9 +38,22 @@ direct call in flight, after which direct calls raise
 Mechanisms of one family never overlap: a pagemap_scan Watch and a uffd
 Watch on one page, or syscall and softdirty, raise :class:`Conflict` (the
 facade turns it into UnsupportedError, and ``backend="auto"`` tries the next
-mechanism).  ``softdirty`` resets through ``/proc/PID/clear_refs``, which
-clears the whole process, so it shares a target with no other soft-dirty
-Watch at all.
+mechanism).
+
+``softdirty`` resets through ``/proc/PID/clear_refs``, which clears the
+soft-dirty bit of every page of the whole process.  So a softdirty domain
+*sweeps* before every clear: it reads the kernel's soft-dirty state of every
+segment (every softdirty Watch of that process, from this interpreter) into
+the pending pages of each member whose range holds them, then clears once.
+Several softdirty Watches on one process thus coexist, each resets only what
+it asked (partial reset), and no Watch's reset hides a write from another.
+A softdirty member therefore never takes the direct fast path.  What stays
+process-wide: (a) a write made between the sweep's pagemap read and the
+clear is lost for everyone (the mechanism is not atomic); (b) anything else
+that clears the same process's soft-dirty bits -- another memwatch user, a
+syscall-backend Watch (refused here for that reason), CRIU's pre-dump --
+erases what this domain has not swept yet; (c) each clear takes the target's
+mmap write lock and walks all of its page tables, whatever the Watch's size.
 
 False positives this design adds: none in the steady state.  A page written
 while two members shared it and then reset by one stays pending for the
@@ -130,6 +143,8 @@ class Member:
         self.on_mode = on_mode
 
     def exclusive_tracker(self) -> Tracker | None:
+        if self.backend == "softdirty":
+            return None  # its clear_refs reaches every Watch: always sweep first
         if len(self.segments) != 1 or self.pending:
             return None
         seg = self.segments[0]
@@ -161,8 +176,11 @@ class Member:
             if dom.closed:
                 raise ValueError("operation on a closed Watch")
             if reset:
-                for seg, a, b in self._parts(start, end):
-                    dom.harvest(seg, a, b)
+                if self.backend == "softdirty":
+                    dom.sweep(clear=True)
+                else:
+                    for seg, a, b in self._parts(start, end):
+                        dom.harvest(seg, a, b)
                 mine = self.pending
             else:
                 mine = set(self.pending)
@@ -183,8 +201,11 @@ class Member:
         with dom.lock:
             if dom.closed:
                 raise ValueError("operation on a closed Watch")
-            for seg, a, b in self._parts(start, end):
-                dom.harvest(seg, a, b, skip=self)
+            if self.backend == "softdirty":
+                dom.sweep(clear=True)
+            else:
+                for seg, a, b in self._parts(start, end):
+                    dom.harvest(seg, a, b, skip=self)
             self.pending = {p for p in self.pending if not start <= p < end}
             dom.update_modes()
 
@@ -241,6 +262,24 @@ class Domain:
     def peek(self, seg: Segment, a: int, b: int) -> list[int]:
         return self._collect(seg, a, b, False)
 
+    def sweep(self, *, clear: bool) -> None:
+        """softdirty: move the soft-dirty state of every segment into its
+        members' pending pages, then (with *clear*) clear the whole process
+        once through clear_refs.  The lock is held; see the module doc."""
+        for seg in self.segments:
+            pages = self.peek(seg, seg.start, seg.end)
+            if not pages:
+                continue
+            for m in seg.members:
+                if m.start <= seg.start and seg.end <= m.end:
+                    m.pending.update(pages)
+                elif m.start < seg.end and seg.start < m.end:
+                    m.pending.update(p for p in pages if m.start <= p < m.end)
+        if clear and self.segments:
+            seg = self.segments[0]
+            # SoftDirty::reset writes clear_refs: the whole process, any range.
+            seg.tracker.reset_shared(seg.start, seg.end - seg.start)
+
     def update_modes(self) -> None:
         """Give each member its direct tracker or the shared path."""
         for m in self.members:
@@ -273,6 +312,10 @@ class Domain:
             overlapping = [s for s in self.segments if s.start < end and start < s.end]
             member = Member(self, start, end, backend, on_mode)
             created: list[Segment] = []
+            if backend == "softdirty" and self.segments:
+                # A new segment's attach writes clear_refs: keep what the
+                # Watches already here have not collected.
+                self.sweep(clear=False)
             try:
                 pos = start
                 for s in sorted(overlapping, key=lambda s: s.start):
@@ -295,8 +338,11 @@ class Domain:
                     s.shared = True
             # The new Watch starts clean: what was written in the reused
             # segments so far belongs to the others.
-            for s in overlapping:
-                self.harvest(s, max(s.start, start), min(s.end, end))
+            if backend == "softdirty":
+                self.sweep(clear=False)  # the Watch's first reset clears
+            else:
+                for s in overlapping:
+                    self.harvest(s, max(s.start, start), min(s.end, end))
             member.segments = sorted(overlapping + created, key=lambda s: s.start)
             for s in member.segments:
                 s.members.add(member)
@@ -315,13 +361,18 @@ class Domain:
     def _check(self, start: int, end: int, backend: str) -> None:
         pid, family = self.key
         for m in self.members:
-            if family == "soft-dirty" and "softdirty" in (backend, m.backend):
+            if (
+                family == "soft-dirty"
+                and m.backend != backend
+                and "softdirty" in (backend, m.backend)
+            ):
                 raise Conflict(
                     f"another {m.backend} Watch ({_span(m.start, m.end)}) is open on "
                     f"process {pid}, and softdirty resets through /proc/{pid}/clear_refs, "
-                    "which clears the soft-dirty state of the whole process: one would "
-                    "erase the other's writes (one softdirty Watch per process for now; "
-                    "close it or use another backend)"
+                    "which clears the soft-dirty state of the whole process, while the "
+                    "syscall backend clears its own range without telling the others: "
+                    "one would erase the other's writes (close it, or use the same "
+                    "backend for both: softdirty Watches share one process safely)"
                 )
         for s in self.segments:
             if s.start < end and start < s.end and s.backend != backend:

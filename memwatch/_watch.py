@@ -73,6 +73,11 @@ def _out_capacity(out: object) -> int:
         raise TypeError(
             f"out must be a writable buffer of 8-byte items, not {type(out).__name__}"
         ) from None
+    except ValueError as err:  # numpy datetime64 & co: the binding's words
+        raise TypeError(
+            f"out must be a buffer of 8-byte integers; this {type(out).__module__}."
+            f"{type(out).__qualname__} cannot export one: {err}"
+        ) from None
     with view:
         if view.readonly or not view.c_contiguous or view.ndim != 1 or view.itemsize != 8:
             raise TypeError(
@@ -148,9 +153,19 @@ class Watch:
     with ``remote=True`` (``syscall``, ``softdirty``) can do this.
 
     *backend* is ``"auto"`` (the first available of syscall, pagemap_scan,
-    softdirty, uffd, mprotect that can do what is asked) or one of those
-    names; :class:`memwatch.UnsupportedError` says what is missing when none
-    can.
+    uffd, softdirty, mprotect that can do what is asked;
+    ``memwatch._backends.explain()`` says why) or one of those names;
+    :class:`memwatch.UnsupportedError` says what is missing when none can.
+
+    ``softdirty`` resets through ``/proc/PID/clear_refs``, which clears the
+    soft-dirty state of the *whole* target process.  memwatch first moves
+    that state into every softdirty Watch of the process (so several coexist
+    and each resets only what it asks), but what stays process-wide is
+    beyond it: anything else clearing the same process's soft-dirty bits
+    (CRIU's pre-dump, another tool) erases writes no Watch has collected; a
+    write landing between a scan's pagemap read and its clear is lost
+    (``atomic=False``); and every clear takes the target's mmap write lock
+    while it walks all its page tables (README, "Kernels").
 
     A new Watch resets its range: it reports only writes made after it was
     created.  It is a context manager; :meth:`close` undoes every
@@ -393,9 +408,15 @@ class Watch:
         return n
 
     def _shared_scan(self, start: int, length: int, out: Buffer, reset: bool) -> int:
-        """scan() while other Watches share some of this Watch's pages."""
-        _out_capacity(out)  # the backend's TypeError, before anything is reset
-        return self._checked_scan(start, length, out, reset)
+        """scan() while other Watches share some of this Watch's pages (and
+        always for softdirty): the checks the binding makes on the direct
+        path, before anything is reset."""
+        if reset is not True and reset is not False and type(reset).__name__ not in (
+            "bool_", "bool"
+        ):
+            raise TypeError(f"reset must be a bool, not {type(reset).__name__}")
+        _out_capacity(out)
+        return self._checked_scan(start, length, out, bool(reset))
 
     def _partial_error(self, what: str) -> UnsupportedError:
         return UnsupportedError(
@@ -637,8 +658,9 @@ class Watch:
     def reset(self, start: int = 0, length: int | None = None) -> None:
         """Mark the range clean; *start*/*length* as for :meth:`dirty_into`.
 
-        A backend with ``partial_reset=False`` (softdirty) refuses anything
-        but the whole watched range with UnsupportedError.
+        A backend with ``partial_reset=False`` would refuse anything but the
+        whole watched range with UnsupportedError; every backend has it now
+        (softdirty through memwatch's sweeps).
         """
         if start == 0 and length is None:
             if self._member is None:

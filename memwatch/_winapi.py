@@ -80,8 +80,8 @@ def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
     page until something writes to it, and :func:`get_write_watch` /
     :func:`reset_write_watch` work on it.  ``backend="auto"`` picks only
     backends that can reset part of a range (``GetWriteWatch`` with a count
-    and reset needs it); naming ``softdirty`` explicitly is allowed, and then
-    a partial reset raises :class:`memwatch.UnsupportedError`.
+    and reset needs it; every backend can, softdirty through memwatch's
+    registry).
     """
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"size must be an int, not {type(size).__name__}")

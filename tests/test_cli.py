@@ -149,6 +149,12 @@ def test_watch_own_process_in_process(capsys: pytest.CaptureFixture[str]) -> Non
 def test_watch_unmapped_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """A range that is not mapped: exit 1 and one line naming it (our own
     pid, so that every host has a backend for it)."""
+    remote = [b.name for b in memwatch.backends() if b.available and b.remote]
+    if remote:
+        pytest.skip(
+            f"{remote[0]} is available here: it reads page tables and watches a hole "
+            "as clean pages, so there is no unmapped range to refuse"
+        )
     argv = ["watch", "--pid", str(os.getpid()), "--address", "0x0", "--length", str(PAGE),
             "--count", "1"]
     assert _cli.main(argv) == 1

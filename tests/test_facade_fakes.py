@@ -17,7 +17,10 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-from support import PAGE, Child, anon
+import test_overlap
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import PAGE, Child, address_of, anon
 
 import memwatch
 from memwatch import _backends
@@ -75,11 +78,57 @@ class FakeTracker:
         self._maybe_fail()
         self.dirty = {p for p in self.dirty if not start <= p < start + length}
 
+    # The registry's entry points (memwatch/_registry.py) while shared.
+    def set_shared(self, shared: bool) -> None:
+        self.calls.append(("set_shared", shared))
+
+    def scan_shared(self, start: int, length: int, out: Any, reset: bool = False) -> int:
+        return self.scan(start, length, out, reset)
+
+    def reset_shared(self, start: int, length: int) -> None:
+        self.reset(start, length)
+
+    def forget_if_foreign(self) -> bool:
+        return False
+
 
 class FakeSoftDirty(FakeTracker):
+    """clear_refs as the kernel does it: one soft-dirty state per process,
+    every reset (whatever its range) clears all of it, and a reset scan
+    refuses an `out` too short for every dirty page (SoftDirty::scan)."""
+
     partial_reset: ClassVar[bool] = False
     atomic: ClassVar[bool] = False
     false_positives: ClassVar[bool] = True
+    # Soft-dirty pages per target pid (the kernel's process-wide state).
+    process: ClassVar[dict[int, set[int]]] = {}
+
+    @property  # type: ignore[override]
+    def dirty(self) -> set[int]:
+        return FakeSoftDirty.process.setdefault(self.args[0], set())
+
+    @dirty.setter
+    def dirty(self, pages: set[int]) -> None:
+        FakeSoftDirty.process[self.args[0]] = set(pages)
+
+    def attach(self, start: int, length: int) -> None:
+        super().attach(start, length)
+        self.dirty = set()  # SoftDirty::attach writes clear_refs
+
+    def scan(self, start: int, length: int, out: Any, reset: bool = False) -> int:
+        if reset:
+            n = sum(1 for p in self.dirty if start <= p < start + length)
+            if n > len(memoryview(out).cast("B").cast("Q")):
+                raise ValueError("softdirty cannot reset only the reported pages")
+        n = super().scan(start, length, out, False)
+        if reset:
+            self.dirty = set()
+        return n
+
+    def reset(self, start: int, length: int) -> None:
+        self.calls.append(("reset", start, length))
+        self._maybe_fail()
+        self.dirty = set()  # the whole process
 
 
 @pytest.fixture
@@ -96,8 +145,10 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeTracker]]:
     monkeypatch.setattr(_backends, "_BY_NAME", specs)
     monkeypatch.setattr(_backends, "_probe", probe)
     FakeTracker.instances.clear()
+    FakeSoftDirty.process.clear()
     yield FakeTracker.instances
     FakeTracker.instances.clear()
+    FakeSoftDirty.process.clear()
 
 
 def _fdinfo_pid(fd: int) -> int:
@@ -111,7 +162,9 @@ def _fdinfo_pid(fd: int) -> int:
 def test_backends_reflect_fakes(fakes: list[FakeTracker]) -> None:
     bs = {b.name: b for b in memwatch.backends()}
     assert bs["syscall"].available and bs["softdirty"].available
-    assert not bs["softdirty"].partial_reset
+    # clear_refs clears the whole process; the registry makes it partial.
+    assert bs["softdirty"].partial_reset
+    assert not _backends.tracker_class("softdirty").partial_reset
 
 
 @pytest.mark.parametrize("form", ["pid", "popen", "pidfd", "psutil-like"])
@@ -194,47 +247,77 @@ def test_auto_remote_prefers_syscall(fakes: list[FakeTracker]) -> None:
             memwatch.Watch(child.address, PAGE, pid=child.pid, backend="uffd")
 
 
-def test_softdirty_partial_reset_refused(fakes: list[FakeTracker]) -> None:
+def test_softdirty_partial_reset_through_the_registry(fakes: list[FakeTracker]) -> None:
+    """clear_refs clears the whole process; the registry keeps what each
+    reset clears beyond what was asked in the Watch's pending pages, so
+    softdirty resets exactly the pages asked for (partial_reset=True)."""
     with anon(8) as m, memwatch.Watch(m, backend="softdirty") as w:
         (t,) = fakes
         assert t.args == (os.getpid(),)
-        t.dirty = {w.address + PAGE, w.address + 5 * PAGE}
-        before = list(t.calls)
-        for call in (
-            lambda: w.reset(PAGE),
-            lambda: w.reset(0, PAGE),
-            lambda: w.dirty(reset=True, start=PAGE),
-            lambda: w.dirty_into(array("Q", bytes(8 * 8)), reset=True, length=PAGE),
-            lambda: w.dirty_into(array("Q", bytes(8 * 7)), reset=True),
-        ):
-            with pytest.raises(memwatch.UnsupportedError, match="partial_reset"):
-                call()
-        assert t.calls == before, "refused before reaching the backend"
-        # Bad out buffers are still TypeError, not UnsupportedError.
+        t.dirty = {w.address + PAGE, w.address + 5 * PAGE, w.address + 6 * PAGE}
+        w.reset(PAGE, PAGE)  # clears the process, keeps 5 and 6 pending
+        assert t.dirty == set()
+        assert list(w.dirty()) == [5 * PAGE, 6 * PAGE]
+        t.dirty = {w.address}
+        out = array("Q", bytes(8))
+        assert w.dirty_into(out, reset=True) == 1 and out[0] == 0
+        assert w.dirty_into(out, reset=True) == 1 and out[0] == 5 * PAGE
+        assert list(w.dirty(reset=True, start=6 * PAGE)) == [6 * PAGE]
+        assert list(w.dirty()) == []
+        # A write made after a partial reset is seen again.
+        t.dirty = {w.address + 5 * PAGE}
+        assert list(w.dirty(reset=True, start=0, length=PAGE)) == []
+        assert list(w.dirty(reset=True)) == [5 * PAGE]
+        # Bad out buffers are still TypeError, before anything is cleared.
+        t.dirty = {w.address + 2 * PAGE}
         with pytest.raises(TypeError):
             w.dirty_into(bytes(64), reset=True, start=PAGE)
-        # Non-resetting partial queries and whole-range resets are fine.
-        assert list(w.dirty(start=4 * PAGE)) == [5 * PAGE]
-        assert w.dirty_into(array("Q", bytes(8)), start=0) == 1
-        assert list(w.dirty(reset=True, start=2 * PAGE, length=0)) == []
-        assert list(w.dirty(reset=True)) == [PAGE, 5 * PAGE]
-        t.dirty = {w.address}
-        assert w.dirty_into(array("Q", bytes(8 * 8)), reset=True) == 1
-        w.reset()
-        # One softdirty Watch per process: a second one's resets would erase
-        # the first one's state.
-        with anon(1) as m2:
-            with pytest.raises(memwatch.UnsupportedError, match="another softdirty"):
-                memwatch.Watch(m2, backend="softdirty")
-            m2w = memwatch.Watch(m2, backend="pagemap_scan")
+        assert list(w.dirty(reset=True)) == [2 * PAGE]
+
+
+def test_softdirty_watches_share_one_process(fakes: list[FakeTracker]) -> None:
+    """Several softdirty Watches on one process: none's reset (a whole-process
+    clear_refs) hides a write from another; syscall beside them is refused."""
+    with anon(12) as m:
+        base = address_of(m)
+        a = memwatch.Watch(base, 8 * PAGE, backend="softdirty")
+        b = memwatch.Watch(base + 4 * PAGE, 8 * PAGE, backend="softdirty")  # overlaps 4..7
+        c = memwatch.Watch(base + 11 * PAGE, PAGE, backend="softdirty")  # inside b
+        proc = FakeSoftDirty.process[os.getpid()]
+        proc.update(base + p * PAGE for p in (1, 5, 9, 11))
+        assert list(a.dirty(reset=True)) == [PAGE, 5 * PAGE]
+        assert FakeSoftDirty.process[os.getpid()] == set(), "clear_refs cleared it all"
+        assert list(b.dirty()) == [PAGE, 5 * PAGE, 7 * PAGE]
+        a.reset()
+        assert list(c.dirty(reset=True)) == [0]
+        assert list(b.dirty(reset=True, length=2 * PAGE)) == [PAGE]
+        assert list(b.dirty()) == [5 * PAGE, 7 * PAGE]
+        # A new Watch's attach clears the process too: nothing is lost.
+        FakeSoftDirty.process[os.getpid()].add(base + 6 * PAGE)
+        d = memwatch.Watch(base, 12 * PAGE, backend="softdirty")
+        assert list(d.dirty()) == []
+        assert list(b.dirty()) == [2 * PAGE, 5 * PAGE, 7 * PAGE]
+        assert list(a.dirty()) == [6 * PAGE]
+        with pytest.raises(memwatch.UnsupportedError, match="softdirty Watches share"):
+            memwatch.Watch(base + 2 * PAGE, PAGE, backend="syscall")
+        with anon(1) as m2:  # disjoint pages, same process: still refused
+            with pytest.raises(memwatch.UnsupportedError, match="clear_refs"):
+                memwatch.Watch(m2, backend="syscall")
+            m2w = memwatch.Watch(m2)  # auto moves on
+            assert m2w.backend != "syscall"
             m2w.close()
-    with anon(1) as m3, memwatch.Watch(m3, backend="softdirty"):
-        pass  # the first one is closed: allowed again
+        for w in (a, b, c, d):
+            w.close()
+    with anon(1) as m3, memwatch.Watch(m3, backend="syscall"):
+        pass  # every softdirty Watch is closed: allowed again
 
 
-def test_alloc_auto_skips_softdirty(
+def test_alloc_auto_takes_softdirty_when_it_is_the_best_left(
     fakes: list[FakeTracker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On a kernel with only softdirty and mprotect (an old one without
+    userfaultfd), alloc()'s auto wants partial reset: softdirty has it now,
+    and ranks before mprotect."""
     real_probe = _backends._probe
 
     def probe(name: str) -> tuple[bool, str]:
@@ -245,9 +328,53 @@ def test_alloc_auto_skips_softdirty(
         return False, f"{name} disabled by the test"
 
     monkeypatch.setattr(_backends, "_probe", probe)
-    with memwatch.alloc(PAGE) as buf:
-        assert buf.watch.backend == "mprotect", "auto needs partial reset for alloc()"
-    with memwatch.alloc(2 * PAGE, backend="softdirty") as buf:
-        with pytest.raises(memwatch.UnsupportedError):
-            memwatch.get_write_watch(buf, reset=True, max_count=1)
+    with memwatch.alloc(2 * PAGE) as buf:
+        assert buf.watch.backend == "softdirty"
+        FakeSoftDirty.process[os.getpid()] = {buf.address, buf.address + PAGE}
+        assert memwatch.get_write_watch(buf, reset=True, max_count=1) == ([buf.address], PAGE)
+        assert memwatch.get_write_watch(buf, reset=True) == ([buf.address + PAGE], PAGE)
         assert memwatch.get_write_watch(buf, reset=True) == ([], PAGE)
+    rows = {c.backend.name: c for c in _backends.explain(partial_reset=True)}
+    assert rows["softdirty"].chosen
+    assert "softdirty is preferred" in rows["mprotect"].why
+    assert "disabled by the test" in rows["uffd"].why
+
+
+class _FakeSoftDirtyModel(test_overlap.Model):
+    """test_overlap's model, with each write also setting the fake kernel's
+    soft-dirty bit (the fake cannot see memory writes)."""
+
+    def apply(self, op: object, mem: memoryview) -> None:
+        super().apply(op, mem)
+        if isinstance(op, test_overlap.Write):
+            FakeSoftDirty.process.setdefault(os.getpid(), set()).update(
+                self.base + p * PAGE for p in op.pages
+            )
+
+
+@settings(
+    max_examples=test_overlap.MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(program=st.lists(test_overlap.ops, max_size=40))
+def test_softdirty_watches_match_the_model(
+    fakes: list[FakeTracker], monkeypatch: pytest.MonkeyPatch, program: list[object]
+) -> None:
+    """Up to four softdirty Watches at once over overlapping ranges, random
+    writes, scans (whole, narrowed, short buffers, with and without reset),
+    partial resets, opens and closes, against test_overlap's model -- with a
+    fake kernel whose every reset clears the whole process, as clear_refs
+    does.  Exact: the fake has no false positives.  The real clear_refs runs
+    the same program in the guest (test_overlap.py, softdirty)."""
+    monkeypatch.setattr(test_overlap, "EXACT", {"softdirty"})
+    FakeSoftDirty.process.clear()
+    with anon(test_overlap.NPAGES) as mem:
+        model = _FakeSoftDirtyModel("softdirty", address_of(mem))
+        try:
+            for op in program:
+                model.apply(op, mem)
+            for slot in list(model.watches):
+                model.dirty_op(test_overlap.Dirty(slot, True, 0, None, None))
+        finally:
+            model.close()

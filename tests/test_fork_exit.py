@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 from hardening_support import ROOT, describe, run_py
-from support import skip_reason
+from support import TIMEOUT_SCALE, skip_reason
 
 LOCAL = [
     pytest.param(b, marks=pytest.mark.skipif(skip_reason(b) is not None,
@@ -115,7 +115,7 @@ def test_exit_while_daemon_thread_polls_is_clean(backend: str) -> None:
     bad = []
     for p in procs:
         try:
-            _, err = p.communicate(timeout=60)
+            _, err = p.communicate(timeout=60 * TIMEOUT_SCALE)
         except subprocess.TimeoutExpired:
             p.kill()
             _, err = p.communicate()

@@ -20,6 +20,12 @@ import memwatch
 
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 GIB = 1 << 30
+# softdirty reads one /proc/PID/pagemap entry per page of the range (8 bytes
+# per 4 KiB page: 16 MiB for 8 GiB, 2 GiB for a TiB, on every scan), so its
+# cost follows the range, not the populated part: it does not claim to scale
+# and is not run on these reservations (its partial reset, which put it into
+# backend_params(partial_reset=True), is tested in test_overlap/test_api).
+SPARSE = [p for p in backend_params(partial_reset=True) if p.values[0] != "softdirty"]
 
 
 def vm_pte_kib() -> int:
@@ -61,7 +67,7 @@ def reservation(request: pytest.FixtureRequest) -> Reservation:
     return r
 
 
-@pytest.mark.parametrize("backend", backend_params(partial_reset=True))
+@pytest.mark.parametrize("backend", SPARSE)
 def test_writes_into_sparse_reservation_are_reported(
     backend: str, reservation: Reservation
 ) -> None:
@@ -91,7 +97,7 @@ def test_writes_into_sparse_reservation_are_reported(
         assert list(w.dirty(reset=True)) == sorted([*holes, 2 * GIB])
 
 
-@pytest.mark.parametrize("backend", backend_params(partial_reset=True))
+@pytest.mark.parametrize("backend", SPARSE)
 def test_partial_reset_in_sparse_reservation(
     backend: str, reservation: Reservation
 ) -> None:
@@ -106,7 +112,7 @@ def test_partial_reset_in_sparse_reservation(
         assert list(w.dirty(reset=True)) == [a + PAGE, b]
 
 
-@pytest.mark.parametrize("backend", backend_params(partial_reset=True))
+@pytest.mark.parametrize("backend", SPARSE)
 def test_page_tables_follow_the_populated_part(backend: str) -> None:
     """Watching a 1 TiB reservation with 64 MiB populated costs page tables
     for about the 64 MiB (128 KiB of PTE tables), not for the terabyte (2
@@ -156,7 +162,7 @@ def test_pagemap_scan_dontneed_zap_is_not_a_write() -> None:
         r.close()
 
 
-@pytest.mark.parametrize("backend", backend_params(partial_reset=True))
+@pytest.mark.parametrize("backend", SPARSE)
 def test_huge_unmapped_range_fails_without_allocating(backend: str) -> None:
     """A huge length over a hole fails before anything per page is
     allocated (a 2 GiB bitmap for 2**46 bytes before)."""
