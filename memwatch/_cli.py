@@ -511,7 +511,10 @@ def _raise_fd_limit() -> None:
             pass
 
 
-def watch_processes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def watch_processes(args: argparse.Namespace, out: TextIO, err: TextIO,
+                    only: Callable[[Mapping], bool] | None = None) -> int:
+    """``watch PID...`` / ``watch -- CMD``; *only* narrows the mappings
+    watched (tests)."""
     command: list[str] = args.command or []
     if not command and not args.pids:
         raise CliError("watch needs a PID, or -- CMD ARGS... to start a command and watch it "
@@ -519,9 +522,11 @@ def watch_processes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     backend = args.backend
     try:
         # Before anything is started: say why when nothing here can do it.
-        _backends.choose(backend, remote=True)
+        # (memwatch's own pid is "this process": any backend can do that.)
+        _backends.choose(backend, remote=bool(command) or set(args.pids) != {os.getpid()})
     except UnsupportedError as e:
-        who = "process " + ", ".join(map(str, args.pids)) if args.pids else "the command"
+        who = f"process {', '.join(map(str, args.pids))}" if args.pids else \
+            f"the command {command[0]!r} (not started)"
         raise CliError(f"cannot watch {who}: {e}") from None
     _raise_fd_limit()
     exporter = None
@@ -549,7 +554,7 @@ def watch_processes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 raise CliError(f"cannot run {command[0]!r}: {e.strerror or e}") from None
         for pid in ([child.pid] if child is not None else []) + list(args.pids):
             try:
-                watchers.append(ProcessWatcher(pid, backend=backend))
+                watchers.append(ProcessWatcher(pid, backend=backend, only=only))
             except UnsupportedError as e:
                 raise CliError(f"cannot watch process {pid}: {e}") from None
             except ProcessLookupError:
