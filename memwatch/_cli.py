@@ -559,6 +559,8 @@ def watch_processes(args: argparse.Namespace, out: TextIO, err: TextIO,
                 raise CliError(f"cannot watch process {pid}: {e}") from None
             except ProcessLookupError:
                 raise CliError(f"no process with pid {pid}") from None
+            except ValueError as e:
+                raise CliError(f"cannot watch {pid}: {e}") from None
         for w in watchers:
             _first_sample(w)
         return _watch_loop(args, watchers, child, exporter, out, err, tty)

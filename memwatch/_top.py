@@ -168,6 +168,18 @@ class ProcessWatcher:
                 self._pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
                 raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
+            except OSError as e:
+                # pidfd_open() refuses a thread that is not its group's
+                # leader (EINVAL, ENOENT on 6.9+).
+                if e.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise
+                tgid = _thread_group(pid)
+                if tgid is None or tgid == pid:
+                    raise ProcessLookupError(errno.ESRCH, f"no process with pid {pid}") from None
+                raise ValueError(
+                    f"{pid} is a thread of process {tgid}, not a process: watch {tgid} "
+                    "(threads share their process's memory)"
+                ) from None
         self.command = read_command(pid)
         self._watches: dict[tuple[int, int, int, int, str], tuple[Mapping, Watch]] = {}
         self._last = time.monotonic()
@@ -288,6 +300,18 @@ class ProcessWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _thread_group(tid: int) -> int | None:
+    """The Tgid of thread *tid* (its process), or None."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def maps_still_have(pid: int, m: Mapping) -> bool:

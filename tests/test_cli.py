@@ -784,3 +784,25 @@ def test_guest_ctrl_c_restores_the_terminal(tmp_path: Path) -> None:
     assert seen.startswith(b"\x1b[?25l")
     assert seen.rstrip(b"\r\n").endswith(b"\x1b[?25h")
     assert b"PAGES" in seen
+
+
+def test_watcher_refuses_a_thread_id() -> None:
+    """A thread id is not a process: pidfd_open() says EINVAL, memwatch says why."""
+    ready, stop = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def body() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        stop.wait(60)
+
+    t = threading.Thread(target=body)
+    t.start()
+    try:
+        ready.wait(60)
+        with mock.patch.object(_top._backends, "choose"), \
+                pytest.raises(ValueError, match=f"{tids[0]} is a thread of process {os.getpid()}, "):
+            _top.ProcessWatcher(tids[0])
+    finally:
+        stop.set()
+        t.join()
