@@ -719,8 +719,8 @@ def run_demo(args: argparse.Namespace) -> int:
             if not args.quiet:
                 note = "" if not (missed or extra) else \
                     f" (missed {missed}, not written {extra})"
-                print(f"frame {frame + 1:4}: {len(pages):3} pages written, {n:3} dirty"
-                      f"{note}, poll {cost:8.1f} us", file=out, flush=True)
+                print(f"frame {frame + 1:4}: pages written {len(pages):3}, dirty {n:3}, "
+                      f"poll {cost:8.1f} us{note}", file=out, flush=True)
             deadline += period
             pause = deadline - time.perf_counter()
             if pause > 0:

@@ -550,7 +550,8 @@ def test_demo_subprocess() -> None:
     assert len(lines) == 32
     frames = [ln for ln in lines if ln.startswith("frame")]
     for ln in frames:
-        written, dirty = int(ln.split()[2]), int(ln.split()[5])
+        # "frame    1: pages written   3, dirty   3, poll     26.4 us"
+        written, dirty = int(ln.split()[4].rstrip(",")), int(ln.split()[6].rstrip(","))
         assert dirty >= written, ln  # never a lost write
     assert lines[-1].startswith("summary: 30 frames on ")
     assert ", 0 missed," in lines[-1]
