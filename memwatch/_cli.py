@@ -327,7 +327,7 @@ def _print_info(info: dict[str, Any], out: TextIO) -> None:
         if name is None:
             return f"auto for {who}: none can (every mechanism is listed above with why)"
         why = next(r["why"] for r in rows if r["chosen"])
-        return f"auto for {who}: {name} ({why})"
+        return f"auto for {who}: {name} ({why.removeprefix('chosen: ')})"
 
     print("\n" + chosen_line("this process (Watch(buf))", auto["this_process"],
                              auto["this_process_why"]), file=out)
