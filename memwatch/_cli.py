@@ -440,16 +440,21 @@ def _mib_per_s(pages: int, seconds: float) -> float:
     return pages * PAGE_SIZE / (1 << 20) / seconds if seconds > 0 else 0.0
 
 
-def _mapping_row(s: ProcessSample, m: Mapping, pages: int) -> str:
-    return (f"{s.pid:>7}  {pages:>8}  {_mib_per_s(pages, s.interval):>9.2f}  "
-            f"{m.start:012x}-{m.end:012x} {m.perms}  {m.name}")
+def _mapping_row(s: ProcessSample, m: Mapping, pages: int, width: int | None = None) -> str:
+    row = (f"{s.pid:>7}  {pages:>8}  {_mib_per_s(pages, s.interval):>9.2f}  "
+           f"{m.start:012x}-{m.end:012x} {m.perms}  ")
+    name = m.name
+    room = (width - len(row)) if width is not None else len(name)
+    if len(name) > room >= 8:
+        name = "..." + name[len(name) - room + 3:]  # the end of a path says most
+    return row + name
 
 
 _HEADER = f"{'PID':>7}  {'PAGES':>8}  {'MiB/s':>9}  {'MAPPING':<25} {'PERM'}  NAME"
 
 
 def _render_text(samples: list[ProcessSample], rows: int | None, tty: bool,
-                 height: int) -> list[str]:
+                 height: int, width: int | None = None) -> list[str]:
     lines: list[str] = []
     for s in samples:
         lines.append(
@@ -473,7 +478,7 @@ def _render_text(samples: list[ProcessSample], rows: int | None, tty: bool,
             shown = s.mappings[:room]
         if shown:
             lines.append(_HEADER)
-            lines.extend(_mapping_row(s, m.mapping, m.pages) for m in shown)
+            lines.extend(_mapping_row(s, m.mapping, m.pages, width) for m in shown)
     return lines
 
 
@@ -596,6 +601,7 @@ def _watch_loop(args: argparse.Namespace, watchers: list[ProcessWatcher],
                 out: TextIO, err: TextIO, tty: bool) -> int:
     if tty:
         out.write("\x1b[?25l")  # hide the cursor while redrawing
+    backend = watchers[0].backend if watchers else "?"
     n = 0
     deadline = time.monotonic()
     while watchers and (args.count is None or n < args.count):
@@ -624,12 +630,14 @@ def _watch_loop(args: argparse.Namespace, watchers: list[ProcessWatcher],
                 print(_json_line(s), file=out)
         else:
             size = shutil.get_terminal_size()
-            lines = _render_text(samples, args.rows, tty, size.lines)
             if tty:
                 width = size.columns
+                title = (f"memwatch watch: {backend}, every {args.interval:g} s, "
+                         f"sample {n}; Ctrl-C to quit")
+                lines = [title] + _render_text(samples, args.rows, tty, size.lines - 1, width)
                 out.write("\x1b[H\x1b[2J" + "\n".join(ln[:width] for ln in lines[:size.lines]))
             else:
-                print("\n".join(lines), file=out)
+                print("\n".join(_render_text(samples, args.rows, tty, size.lines)), file=out)
         out.flush()
         for s in samples:
             if s.exited:

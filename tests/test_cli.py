@@ -465,9 +465,30 @@ def test_watch_on_a_terminal_redraws_and_restores_it(tmp_path: Path) -> None:
     finally:
         a.close()
     text = out.getvalue()
-    assert text.startswith("\x1b[?25l\x1b[H\x1b[2J")
+    assert text.startswith("\x1b[?25l\x1b[H\x1b[2Jmemwatch watch: ")
     assert text.endswith("\x1b[?25h\n")
     assert str(a.path) in text and ": 3 pages in " in text
+
+
+def test_watch_on_a_narrow_terminal_keeps_the_end_of_paths(tmp_path: Path) -> None:
+    a = _Mapped(tmp_path / ("x" * 60 + "-the-end"), 4)
+
+    def sleep(seconds: float) -> None:
+        a.write(range(1))
+
+    out = _Tty()
+    try:
+        with mock.patch.object(_cli.time, "sleep", sleep), \
+                mock.patch.object(_cli.shutil, "get_terminal_size",
+                                  lambda: os.terminal_size((80, 24))):
+            _cli.watch_processes(_own_args("--count", "1"), out, io.StringIO(),
+                                 only=lambda m: m.path.startswith(str(tmp_path)))
+    finally:
+        a.close()
+    view = out.getvalue().split("\x1b[2J")[1].removesuffix("\x1b[?25h\n")
+    rows = [ln for ln in view.splitlines() if "rw-p" in ln]
+    assert len(rows) == 1 and rows[0].endswith("xx-the-end") and "..." in rows[0]
+    assert len(rows[0]) == 80
 
 
 def test_watch_own_process_with_prometheus_missing(monkeypatch: pytest.MonkeyPatch,
