@@ -828,3 +828,40 @@ def test_watcher_refuses_a_thread_id() -> None:
     finally:
         stop.set()
         t.join()
+
+
+def test_random_watch_and_info_arguments_never_raise(capsys: pytest.CaptureFixture[str]) -> None:
+    """The new surfaces (watch PID..., --json/--prometheus/--rows, info,
+    demo options): an exit status or argparse's 2, never another exception."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    word = st.one_of(
+        st.integers(-(2**40), 2**40).map(str),
+        st.sampled_from(["--json", "--quiet", "--rows", "--count", "--interval",
+                         "--prometheus", "--backend", "-q", "--pid", "0", "1",
+                         "127.0.0.1:0", ":0", "[::1]:x", "syscall", "auto", "nan", "1e9"]),
+        st.text(max_size=5),
+    )
+    command = st.sampled_from(["watch", "info", "backends", "demo"])
+
+    @hypothesis.settings(max_examples=200, deadline=None, database=None)
+    @hypothesis.given(cmd=command, words=st.lists(word, max_size=6))
+    def run(cmd: str, words: list[str]) -> None:
+        # No "--": this test never starts a command (in the guest one would run).
+        words = [w for w in words if w != "--"]
+        if cmd == "demo":  # keep any demo that parses tiny
+            words += ["--frames", "1", "--size", "1"]
+        argv = [cmd, *words]
+        try:
+            rc = _cli.main(argv)
+        except SystemExit as e:
+            assert e.code in (0, 2), argv
+        else:
+            assert rc in (0, 1, 2, 130), (argv, rc)
+        capsys.readouterr()
+
+    def sleep(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with mock.patch.object(_cli.time, "sleep", sleep):
+        run()
