@@ -182,6 +182,9 @@ class ProcessWatcher:
                 ) from None
         self.command = read_command(pid)
         self._watches: dict[tuple[int, int, int, int, str], tuple[Mapping, Watch]] = {}
+        # Mappings a Watch could not be opened on: reported once, not retried
+        # every sample (forgotten when the mapping goes away).
+        self._failed: set[tuple[int, int, int, int, str]] = set()
         self._last = time.monotonic()
         self.exited = False
         # Totals since the watcher started (the Prometheus counters).
@@ -249,8 +252,9 @@ class ProcessWatcher:
                 del self._watches[key]
                 w.close()
         # 2. New mappings: watched from now on (a new Watch starts clean).
+        self._failed &= wanted.keys()
         for key, m in wanted.items():
-            if key in self._watches or self.exited:
+            if key in self._watches or key in self._failed or self.exited:
                 continue
             try:
                 w = Watch(m.start, m.end - m.start, pid=None if self._self else self.pid,
@@ -264,6 +268,7 @@ class ProcessWatcher:
             except (OSError, ValueError) as e:
                 if isinstance(e, UnsupportedError) or maps_still_have(self.pid, m):
                     errors.append(f"{m.start:#x}-{m.end:#x} {m.name}: {e}")
+                    self._failed.add(key)
                 continue
             self._watches[key] = (m, w)
             appeared.append(m)

@@ -865,3 +865,26 @@ def test_random_watch_and_info_arguments_never_raise(capsys: pytest.CaptureFixtu
 
     with mock.patch.object(_cli.time, "sleep", sleep):
         run()
+
+
+def test_a_mapping_that_cannot_be_watched_is_reported_once(tmp_path: Path) -> None:
+    """uffd refuses a MAP_SHARED file mapping: the sample that meets it says
+    so (one error line naming it), later samples do not retry it, and the
+    error counter counts it once."""
+    if skip_reason("uffd"):
+        pytest.skip(skip_reason("uffd") or "")
+    path = tmp_path / "shared"
+    path.write_bytes(bytes(4 * PAGE))
+    with open(path, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 4 * PAGE, flags=mmap.MAP_SHARED)
+    try:
+        with _top.ProcessWatcher(os.getpid(), backend="uffd",
+                                 only=lambda x: x.path == str(path)) as w:
+            first = w.sample()
+            second = w.sample()
+    finally:
+        m.close()
+    assert len(first.errors) == 1 and str(path) in first.errors[0], first.errors
+    assert "uffd" in first.errors[0]
+    assert second.errors == [] and second.mappings == []
+    assert w.total_errors == 1
