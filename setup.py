@@ -13,7 +13,8 @@ ext_modules = [
         # include_dirs, so the repository root never shadows a system header.
         cxx_std=17,
         extra_compile_args=["-Wall", "-Wextra"],
-        depends=sorted(glob("src/*.hpp")) + ["linux/memwatch.h"],
+        depends=sorted(glob("src/*.hpp"))
+        + ["linux/memwatch.h", "memwatch/include/memwatch/memwatch_capi.h"],
     ),
 ]
 

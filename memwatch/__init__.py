@@ -32,6 +32,8 @@ watched range (``Watch.target_offset`` is where the target itself begins).
 
 from __future__ import annotations
 
+import os as _os
+
 from ._backends import Backend, backends
 from ._common import Flags, UnsupportedError
 from ._process import PidFd
@@ -40,6 +42,14 @@ from ._watch import PAGE_SIZE, Watch
 from ._winapi import WatchedMapping, alloc, get_write_watch, reset_write_watch
 
 __version__ = "0.1.0"
+
+
+def get_include() -> str:
+    """The folder to pass to the compiler (``-I``) for the C API header,
+    ``#include <memwatch/memwatch_capi.h>`` (README "For C and C++
+    extensions")."""
+    return _os.path.join(_os.path.dirname(__file__), "include")
+
 
 __all__ = [
     "PAGE_SIZE",
@@ -52,6 +62,7 @@ __all__ = [
     "WatchedMapping",
     "alloc",
     "backends",
+    "get_include",
     "get_write_watch",
     "process_memwatch",
     "reset_write_watch",

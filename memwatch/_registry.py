@@ -137,6 +137,18 @@ class Member:
             return seg.tracker
         return None
 
+    def sole_tracker(self) -> Tracker | None:
+        """The tracker of this member's one segment when that segment is
+        exactly its range, else None.  It stays attached until this member
+        leaves (whoever else joins), and raises TrackerShared on direct
+        calls whenever the domain shares it (the C API's fast path)."""
+        if len(self.segments) != 1:
+            return None
+        seg = self.segments[0]
+        if seg.start == self.start and seg.end == self.end:
+            return seg.tracker
+        return None
+
     # -- the shared path -------------------------------------------------
 
     def scan(self, start: int, length: int, out: Any, reset: bool) -> int:

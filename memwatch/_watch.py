@@ -323,6 +323,15 @@ class Watch:
         else:
             self._scan = self._checked_scan
 
+    def _sole_tracker(self) -> Tracker | None:
+        """For the C API (src/capi.cpp): the tracker to call directly,
+        without the GIL, while the registry does not share it (it raises
+        TrackerShared then); None when every call must come here."""
+        member = self._member
+        if member is None or not self._direct_ok:
+            return None
+        return member.sole_tracker()
+
     # -- internals ---------------------------------------------------------
 
     def _translate(self, err: OSError) -> Exception:

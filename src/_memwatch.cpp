@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "capi.hpp"
 #include "mechanism.hpp"
 #include "tracker.hpp"
 #include "uapi.hpp"
@@ -320,6 +321,27 @@ using MprotectTracker = Bound<4>;
 template <class T>
 using Holder = std::unique_ptr<T, ReleaseGilDelete>;
 
+// For the C API (capi.cpp): the C++ tracker behind a tracker object.
+memwatch::Tracker *tracker_of(PyObject *obj) {
+    py::handle h(obj);
+    if (py::isinstance<SyscallTracker>(h)) {
+        return &h.cast<SyscallTracker &>();
+    }
+    if (py::isinstance<PagemapScanTracker>(h)) {
+        return &h.cast<PagemapScanTracker &>();
+    }
+    if (py::isinstance<SoftDirtyTracker>(h)) {
+        return &h.cast<SoftDirtyTracker &>();
+    }
+    if (py::isinstance<UffdTracker>(h)) {
+        return &h.cast<UffdTracker &>();
+    }
+    if (py::isinstance<MprotectTracker>(h)) {
+        return &h.cast<MprotectTracker &>();
+    }
+    return nullptr;
+}
+
 template <class T>
 py::class_<T, Holder<T>> bind_tracker(py::module_ &m, const char *name,
                                       const memwatch::Caps &caps, const char *doc) {
@@ -562,4 +584,7 @@ PYBIND11_MODULE(_memwatch, m) {
             guard_signal_apis();
             return new MprotectTracker(without_gil([&] { return memwatch::make_mprotect(); }));
         }));
+
+    // memwatch_capi.h's table, for other extensions.
+    memwatch::capi::install(m, &tracker_of);
 }

@@ -36,7 +36,7 @@ def test_sdist_carries_what_the_tests_import(tmp_path: Path) -> None:
     missing = [p for p in tracked if p not in names]
     assert missing == [], missing
     for f in ("LICENSE", "README.md", "CONTRIBUTING.md", "linux/memwatch.h",
-              "pyproject.toml", "setup.py"):
+              "pyproject.toml", "setup.py", "pytest_memwatch.py"):
         assert f in names, f
 
 
