@@ -1,10 +1,8 @@
-"""``python -m memwatch``: see :mod:`memwatch._cli`."""
+"""``python -m memwatch``: the ``memwatch`` command (see :mod:`memwatch._cli`)."""
 
 from __future__ import annotations
 
-import sys
-
-from ._cli import main
+from ._cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
