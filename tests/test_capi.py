@@ -13,6 +13,7 @@ import errno
 import importlib.util
 import mmap
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -402,7 +403,8 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 def _readme_blocks(heading: str, lang: str) -> list[str]:
     text = (HERE.parent / "README.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    # A "### " section of "## Who it is for", up to the next heading.
+    section = re.split(r"\n##+ ", text.split(f"\n### {heading}\n", 1)[1], maxsplit=1)[0]
     return [b.split("```", 1)[0] for b in section.split(f"```{lang}\n")[1:]]
 
 
@@ -413,7 +415,7 @@ def test_readme_example_builds_and_runs(tmp_path: Path) -> None:
         pytest.skip("README.md is not next to the tests (installed package)")
     if shutil.which("cc") is None:
         pytest.skip("needs cc")
-    heading = "For C and C++ extensions"
+    heading = "C and C++ extensions"
     (c_code,) = _readme_blocks(heading, "c")
     (sh_code,) = _readme_blocks(heading, "sh")
     (py_code,) = _readme_blocks(heading, "python")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -297,14 +298,15 @@ def test_benchmark_option_needs_pytest_benchmark(pytester: pytest.Pytester) -> N
 
 def _readme_block(heading: str, lang: str) -> str:
     text = (ROOT / "README.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    # A "### " section of "## Who it is for", up to the next heading.
+    section = re.split(r"\n##+ ", text.split(f"\n### {heading}\n", 1)[1], maxsplit=1)[0]
     return section.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
 
 
 def test_readme_example_passes(pytester: pytest.Pytester) -> None:
     if not (ROOT / "README.md").exists():
         pytest.skip("README.md is not next to the tests (installed package)")
-    code = _readme_block("For test suites (pytest)", "python")
+    code = _readme_block("Test suites (pytest, pytest-benchmark)", "python")
     assert "def test_update_writes_one_page(page_writes):" in code
     pytester.makepyfile(test_pages=code)
     result = pytester.runpytest(*PLUGIN, "-p", "no:cacheprovider")
