@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "capi.hpp"
+#include "interpreter.hpp"
 #include "mechanism.hpp"
 #include "tracker.hpp"
 #include "uapi.hpp"
@@ -28,6 +29,7 @@
 
 namespace py = pybind11;
 using memwatch::Tracker;
+using memwatch::interpreter_finalizing;
 
 namespace {
 
@@ -200,16 +202,6 @@ private:
     bool held_ = false;
 };
 
-// Is the interpreter finalizing (then a non-main thread that asks for the
-// GIL back is ended with pthread_exit on CPython < 3.14)?
-bool finalizing() noexcept {
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing() != 0;
-#else
-    return _Py_IsFinalizing() != 0;
-#endif
-}
-
 unsigned long g_main_thread = 0;  // threading.main_thread().ident at import
 
 // Give the GIL back to a thread that ran without it.  Not a destructor (as
@@ -222,7 +214,7 @@ unsigned long g_main_thread = 0;  // threading.main_thread().ident at import
 // its export rather than release it without the GIL, and pybind11 rethrows
 // abi::__forced_unwind).
 void reacquire(PyThreadState *ts) {
-    if (finalizing() && PyThread_get_thread_ident() != g_main_thread) {
+    if (interpreter_finalizing() && PyThread_get_thread_ident() != g_main_thread) {
         for (;;) {
             ::pause();  // the process is exiting: never come back into Python
         }
@@ -255,7 +247,7 @@ auto without_gil(F &&fn) -> decltype(fn()) {
 // handler thread or wait for a signal handler to leave an mprotect slot.
 struct ReleaseGilDelete {
     void operator()(Tracker *t) const noexcept {
-        if (PyGILState_Check() && !finalizing()) {
+        if (PyGILState_Check() && !interpreter_finalizing()) {
             PyThreadState *ts = PyEval_SaveThread();
             delete t;
             PyEval_RestoreThread(ts);  // not finalizing: never pthread_exit

@@ -10,6 +10,7 @@
 // goes through Watch.dirty_into()/reset() (the registry's shared path), which
 // reports every write to every Watch.
 #include "capi.hpp"
+#include "interpreter.hpp"
 
 #include <unistd.h>
 
@@ -115,14 +116,6 @@ void set_error_from_python() {
     set_error(err == 0 ? EIO : err, "%s", text.c_str());
 }
 
-bool finalizing() noexcept {
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing() != 0;
-#else
-    return _Py_IsFinalizing() != 0;
-#endif
-}
-
 // Interpreter exit.  CPython ends a thread that asks for the GIL once
 // finalization has begun (pthread_exit inside PyGILState_Ensure: through
 // our noexcept frames that is std::terminate), and a thread parked inside
@@ -159,7 +152,7 @@ public:
         }
         g_in_python.fetch_add(1);
         counted_ = true;
-        if (g_gate_closed.load() || finalizing()) {
+        if (g_gate_closed.load() || interpreter_finalizing()) {
             set_error(ECANCELED, "the Python interpreter is exiting: memwatch cannot run Python "
                                  "for this call any more");
             return;
