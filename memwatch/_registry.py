@@ -143,14 +143,13 @@ class Member:
         self.on_mode = on_mode
 
     def exclusive_tracker(self) -> Tracker | None:
-        if self.backend == "softdirty":
-            return None  # its clear_refs reaches every Watch: always sweep first
-        if len(self.segments) != 1 or self.pending:
+        """sole_tracker() while no other member uses it and nothing is pending."""
+        if self.backend == "softdirty" or self.pending:
+            return None  # softdirty: its clear_refs reaches every Watch: always sweep first
+        tracker = self.sole_tracker()
+        if tracker is None or self.segments[0].members != {self}:
             return None
-        seg = self.segments[0]
-        if seg.start == self.start and seg.end == self.end and seg.members == {self}:
-            return seg.tracker
-        return None
+        return tracker
 
     def sole_tracker(self) -> Tracker | None:
         """The tracker of this member's one segment when that segment is
