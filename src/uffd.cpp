@@ -14,7 +14,10 @@
 // and a reset of a sparse range fills no page tables with markers).
 // MADV_DONTNEED/MADV_REMOVE itself changes a page's contents (to zeros): with
 // UFFD_FEATURE_EVENT_REMOVE the handler reads a REMOVE event for it and
-// counts those pages as written, as pagemap_scan does.
+// counts those pages as written, as pagemap_scan does.  The madvise returns
+// as soon as the event is read, so a scan first waits for the batch the
+// handler is reading (reads_begun/reads_done): a zap that returned before
+// the scan began is in it.
 //
 // Why no write is lost (the handler and scan(reset=True) race on a page P).
 // The handler thread and the scanner serialize on one lock (hmu, kept in
@@ -105,6 +108,10 @@ struct HandlerShared {
     std::mutex hmu;              // see the top: (h1,h2) vs (s1,s2)
     std::atomic<int> dead{0};    // errno-ish reason the handler stopped on its own
     std::atomic<bool> running{false};  // the handler thread reached its loop
+    // Batches of messages the handler began to read / finished recording:
+    // a scan waits for the batch in progress (see check_alive()).
+    std::atomic<std::uint64_t> reads_begun{0};
+    std::atomic<std::uint64_t> reads_done{0};
     alignas(64) unsigned char zero[1];  // (the zero page is the mapping's 2nd page)
 };
 
@@ -206,6 +213,14 @@ protected:
     void handler_lock() noexcept override { shared_->hmu.lock(); }
     void handler_unlock() noexcept override { shared_->hmu.unlock(); }
     void check_alive() override {
+        // A REMOVE event releases its madvise() as soon as the handler has
+        // read it, before the handler has set the bits: wait for the batch
+        // being read now, so a discard that returned before this scan began
+        // is in it (never longer than one batch: later ones do not count).
+        const std::uint64_t begun = shared_->reads_begun.load();
+        while (shared_->reads_done.load() < begun) {
+            std::this_thread::yield();
+        }
         if (const int why = shared_->dead.load()) {
             throw std::system_error(EIO, std::generic_category(),
                                     std::string("uffd handler thread stopped (") +
@@ -275,15 +290,19 @@ private:
                 die(EIO);
                 return;
             }
+            shared_->reads_begun.fetch_add(1);
             const ssize_t r = ::read(uffd_.get(), msgs, sizeof msgs);
             if (r < 0) {
-                if (errno == EAGAIN || errno == EINTR) {
+                const int err = errno;
+                shared_->reads_done.fetch_add(1);
+                if (err == EAGAIN || err == EINTR) {
                     continue;  // another wakeup consumed it
                 }
-                die(errno);
+                die(err);
                 return;
             }
             handle(msgs, static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg));
+            shared_->reads_done.fetch_add(1);
         }
     }
 
