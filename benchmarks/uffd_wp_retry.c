@@ -57,7 +57,7 @@ static long ps;
 static int fix;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int bit;
-static atomic_long faults, reports;
+static atomic_long faults, reports, handled;	/* handled: faults whose t_* are all set */
 static atomic_int done, waking, handler_cpu;
 static long cross_cpu;	/* faults whose handler ran on another CPU than the writer */
 static atomic_long early_reprotects;	/* poller re-protected before the wake */
@@ -128,6 +128,7 @@ static void *handler(void *arg)
 		}
 		t_wake = now();
 		atomic_store(&waking, 0);
+		atomic_fetch_add(&handled, 1);
 	}
 	return NULL;
 }
@@ -313,6 +314,9 @@ int main(int argc, char **argv)
 		if (k >= 1)
 			d_retry2[nr2++] = (b - t_wake) / 1e3;
 		if (k == 1 && !use_poller) {
+			/* the writer can run before the handler took its last stamp */
+			while (atomic_load(&handled) < atomic_load(&faults))
+				;
 			d_msg[i] = (t_msg - a) / 1e3;
 			d_unprot[i] = (t_unprot - t_msg) / 1e3;
 			d_pop[i] = (t_pop - t_unprot) / 1e3;
