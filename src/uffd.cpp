@@ -54,7 +54,8 @@
 // (mm/userfaultfd.c uffd_wp_range(): no MM_CP_TRY_CHANGE_WRITABLE), so the
 // retry also passes through do_wp_page() -- inside the same fault, never
 // back to us; making the PTE writable from the handler (MADV_POPULATE_WRITE)
-// was measured: no fewer re-faults, 20 us more under the lock in the guest.
+// was measured: no consistent drop in re-faults (fewer in one 6.1 guest run,
+// not in others), 10-20 us more under the lock per fault in the guests.
 //
 // MAP_SHARED shmem/tmpfs/memfd ranges (uffd-wp on shmem, Linux 5.19+,
 // Debian's 6.1 included) are sound for writes through the watched mapping:
