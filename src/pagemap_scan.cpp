@@ -38,8 +38,12 @@ constexpr std::uint64_t kFeatures = uapi::UFFD_FEATURE_WP_ASYNC | uapi::UFFD_FEA
 // hold markers for all of it.  Requiring one of these categories keeps every
 // walk to the page tables that exist.
 constexpr std::uint64_t kPopulated = uapi::PAGE_IS_PRESENT | uapi::PAGE_IS_SWAPPED;
-// Region array size cap: 24 bytes each, so at most 2 x 96 KiB per tracker.
+// Region array size cap: 24 bytes each, so at most 96 KiB per tracker.
 constexpr std::size_t kMaxRegions = 4096;
+// First-pass candidate regions per scan.  Each costs up to one second-pass
+// ioctl (~1.5 us with its walk); past ~250 of them one slow walk of a 1 GiB
+// range is cheaper, so a full candidate array ends the first pass.
+constexpr std::size_t kMaxCandidates = 128;
 // Candidates of the first scan pass closer than this many pages share one
 // second-pass ioctl: walking 512 clean PTEs on the slow path (~1 us) costs
 // about what another ioctl does.
@@ -63,7 +67,8 @@ public:
     void attach(std::uintptr_t start, std::size_t len) override {
         nregions_ = std::min(pages_in(len), kMaxRegions);
         regions_.reset(new uapi::page_region[nregions_]);
-        candidates_.reset(new uapi::page_region[nregions_]);
+        ncandidates_ = std::min(nregions_, kMaxCandidates);
+        candidates_.reset(new uapi::page_region[ncandidates_]);
         uffd_register_wp(uffd_.get(), start, len);
         // A new watch starts clean.  Only what is populated is protected:
         // see protect_populated() for why the holes need nothing.
@@ -80,7 +85,7 @@ public:
         uffd_unregister(uffd_.get(), start_, len_);
         regions_.reset();
         candidates_.reset();
-        nregions_ = 0;
+        nregions_ = ncandidates_ = 0;
         start_ = len_ = 0;
     }
 
@@ -98,45 +103,41 @@ public:
         // holds no page the second pass would look at.
         arg.flags = reset ? uapi::PM_SCAN_CHECK_WPASYNC : 0;
         arg.vec = reinterpret_cast<std::uintptr_t>(candidates_.get());
-        arg.vec_len = nregions_;
+        arg.vec_len = ncandidates_;
         arg.category_mask = uapi::PAGE_IS_WRITTEN;
         arg.return_mask = uapi::PAGE_IS_WRITTEN;
-        std::size_t n = 0;
-        std::uint64_t cur = start;
-        while (n < cap && cur < end) {
-            arg.start = cur;
-            arg.end = end;
-            const int r = ::ioctl(pagemap_.get(), uapi::PAGEMAP_SCAN, &arg);
-            if (r < 0) {
-                const int err = errno;
-                throw_errno(err, err == EPERM ? kNotRegistered : "PAGEMAP_SCAN");
-            }
-            // Merge candidates closer than kSpanGap into spans, in place.
-            std::size_t spans = 0;
-            for (int i = 0; i < r; ++i) {
-                const uapi::page_region c = candidates_[static_cast<std::size_t>(i)];
-                if (spans > 0 && c.start - candidates_[spans - 1].end <= kSpanGap * ps) {
-                    candidates_[spans - 1].end = c.end;
-                } else {
-                    candidates_[spans++] = c;
-                }
-            }
-            for (std::size_t i = 0; i < spans && n < cap; ++i) {
-                n = confirm(start, candidates_[i].start, candidates_[i].end, out, n, cap, reset);
-            }
-            // A full candidate array means the walk stopped after its last
-            // entry (the kernel's walk_end is not trusted: see confirm());
-            // otherwise it covered [cur, end).
-            if (static_cast<std::size_t>(r) < nregions_) {
-                break;
-            }
-            const std::uint64_t next = candidates_[spans - 1].end;
-            if (next <= cur) {
-                break;  // no progress: cannot happen, but never spin
-            }
-            cur = next;
+        arg.start = start;
+        arg.end = end;
+        if (cap == 0 || len == 0) {
+            return 0;
         }
-        return n;
+        const int r = ::ioctl(pagemap_.get(), uapi::PAGEMAP_SCAN, &arg);
+        if (r < 0) {
+            const int err = errno;
+            throw_errno(err, err == EPERM ? kNotRegistered : "PAGEMAP_SCAN");
+        }
+        // Merge candidates closer than kSpanGap into spans, in place.
+        std::size_t spans = 0;
+        for (int i = 0; i < r; ++i) {
+            const uapi::page_region c = candidates_[static_cast<std::size_t>(i)];
+            if (spans > 0 && c.start - candidates_[spans - 1].end <= kSpanGap * ps) {
+                candidates_[spans - 1].end = c.end;
+            } else {
+                candidates_[spans++] = c;
+            }
+        }
+        std::size_t n = 0;
+        for (std::size_t i = 0; i < spans && n < cap; ++i) {
+            n = confirm(start, candidates_[i].start, candidates_[i].end, out, n, cap, reset);
+        }
+        if (static_cast<std::size_t>(r) < ncandidates_) {
+            return n;  // the walk covered [start, end)
+        }
+        // A full candidate array: the walk stopped after its last entry (its
+        // walk_end is not trusted: see confirm()).  So many written pages
+        // cost more as second-pass ioctls than one slow walk: the rest of
+        // the range gets the single full-mask pass.
+        return confirm(start, candidates_[spans - 1].end, end, out, n, cap, reset);
     }
 
     void reset(std::uintptr_t start, std::size_t len) override {
@@ -243,6 +244,7 @@ private:
     Fd uffd_;
     std::unique_ptr<uapi::page_region[]> regions_;     // second pass
     std::unique_ptr<uapi::page_region[]> candidates_;  // first pass
+    std::size_t ncandidates_ = 0;
     std::size_t nregions_ = 0;
     std::uintptr_t start_ = 0;
     std::size_t len_ = 0;
