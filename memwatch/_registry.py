@@ -220,12 +220,44 @@ class Member:
         self.domain.leave(self)
 
 
+class _DomainLock:
+    """A Domain's lock.  The garbage collector may run a finaliser at any
+    allocation made while the lock is held -- a ``memwatch.alloc`` buffer's
+    ``__del__`` closes its Watch -- and that leave() must not wait for its
+    own thread (a hang).  It is queued instead and run by the holder just
+    before it releases the lock."""
+
+    def __init__(self, dom: Domain) -> None:
+        self._lock = threading.Lock()
+        self._dom = dom
+        self._holder: int | None = None
+        self.deferred: list[Member] = []
+
+    def held_here(self) -> bool:
+        return self._holder == threading.get_ident()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._holder = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.deferred:
+                try:
+                    self._dom.leave_locked(self.deferred.pop())
+                except (OSError, ValueError):
+                    pass  # a finaliser's leave: nobody to tell (as in __del__)
+        finally:
+            self._holder = None
+            self._lock.release()
+
+
 class Domain:
     """The registrations of one mechanism family in one target process."""
 
     def __init__(self, key: tuple[int, str]) -> None:
         self.key = key
-        self.lock = threading.Lock()
+        self.lock = _DomainLock(self)
         self.segments: list[Segment] = []
         self.members: set[Member] = set()
         self.closed = False
@@ -382,30 +414,39 @@ class Domain:
                 )
 
     def leave(self, member: Member) -> None:
+        if self.lock.held_here():  # a finaliser run by the gc inside our section
+            self.lock.deferred.append(member)
+            return
         with self.lock:
-            if member not in self.members:
-                return
-            self.members.discard(member)
-            errors: list[BaseException] = []
-            for s in member.segments:
-                s.members.discard(member)
-                if not s.members:
-                    self.segments.remove(s)
-                    try:
-                        s.tracker.detach()
-                    except (OSError, ValueError) as err:  # detach the others anyway
-                        errors.append(err)
-            member.segments = []
-            member.pending = set()
-            self.update_modes()
-            if not self.members:
-                _forget(self)
-            if errors:
-                raise errors[0]
+            self.leave_locked(member)
+
+    def leave_locked(self, member: Member) -> None:
+        """leave() with the lock held."""
+        if member not in self.members:
+            return
+        self.members.discard(member)
+        errors: list[BaseException] = []
+        for s in member.segments:
+            s.members.discard(member)
+            if not s.members:
+                self.segments.remove(s)
+                try:
+                    s.tracker.detach()
+                except (OSError, ValueError) as err:  # detach the others anyway
+                    errors.append(err)
+        member.segments = []
+        member.pending = set()
+        self.update_modes()
+        if not self.members:
+            _forget(self)
+        if errors:
+            raise errors[0]
 
 
 _domains: dict[tuple[int, str], Domain] = {}
-_domains_lock = threading.Lock()
+# Reentrant: a finaliser's leave() may _forget() a domain while this thread
+# is inside join()'s section (each section is one consistent dict update).
+_domains_lock = threading.RLock()
 
 
 def _forget(dom: Domain) -> None:
@@ -450,9 +491,9 @@ _inherited: list[Any] = []
 def after_fork_in_child() -> None:
     """Forget every registration; takes no lock another thread may hold."""
     global _domains_lock
-    _domains_lock = threading.Lock()
+    _domains_lock = threading.RLock()
     for dom in list(_domains.values()):
-        dom.lock = threading.Lock()
+        dom.lock = _DomainLock(dom)
         dom.closed = True
         for seg in dom.segments:
             seg.tracker.forget_if_foreign()  # lock-free (src/tracker.hpp)
