@@ -75,6 +75,9 @@ public:
         start_ = len_ = 0;
     }
 
+    // One ioctl on this process's own page tables (no handler thread).
+    bool scan_may_block() const noexcept override { return false; }
+
     std::size_t scan(std::uintptr_t start, std::size_t len, std::uint64_t *out, std::size_t cap,
                      bool reset) override {
         const std::size_t ps = page_size();
