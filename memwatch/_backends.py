@@ -41,6 +41,9 @@ class Tracker(Protocol):
 
     def reset(self, start: int, length: int, /) -> None: ...
 
+    # scan() as a C function bound to this tracker (Watch's fast path).
+    def scanner(self) -> Callable[[int, int, Buffer, bool], int]: ...
+
     # Used by memwatch/_registry.py when overlapping Watches share a tracker.
     def scan_shared(self, start: int, length: int, out: Buffer, reset: bool = ..., /) -> int: ...
 

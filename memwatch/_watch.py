@@ -334,7 +334,8 @@ class Watch:
         if direct is None:
             self._scan = self._shared_scan
         elif self._direct_ok:
-            self._scan = direct.scan
+            # scan() as a C function bound once: no pybind11 dispatch per call.
+            self._scan = direct.scanner()
         else:
             self._scan = self._checked_scan
 

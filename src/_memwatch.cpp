@@ -243,6 +243,124 @@ auto without_gil(F &&fn) -> decltype(fn()) {
     }
 }
 
+PyObject *g_tracker_shared = nullptr;  // _memwatch.TrackerShared
+void translate_system_error(std::exception_ptr p);
+
+// Set the Python error pybind11 would set for the exception being handled
+// (the types the trackers and the argument checks throw).
+void set_error_from_current_exception() {
+    try {
+        throw;
+    } catch (abi::__forced_unwind &) {
+        throw;  // see without_gil
+    } catch (py::error_already_set &e) {
+        e.restore();
+    } catch (const py::builtin_exception &e) {
+        e.set_error();
+    } catch (const memwatch::TrackerShared &e) {
+        PyErr_SetString(g_tracker_shared, e.what());
+    } catch (const std::system_error &) {
+        translate_system_error(std::current_exception());
+    } catch (const std::invalid_argument &e) {
+        PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const std::bad_alloc &) {
+        PyErr_NoMemory();
+    } catch (const std::exception &e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    } catch (...) {
+        PyErr_SetString(PyExc_RuntimeError, "unknown C++ exception");
+    }
+}
+
+// tracker.scanner(): scan() as a METH_FASTCALL function bound to one tracker
+// (the Watch fast path calls it on every dirty_into).  Same arguments,
+// checks, exceptions and GIL rules as the pybind11 scan(), without the
+// overload dispatcher and type casters, and a scan of a few pages that
+// cannot block runs with the GIL held (Tracker::try_quick_scan): handing
+// the GIL off and back costs more than such a scan.  m_self is a capsule
+// of the Tracker; its context holds a reference to the tracker object.
+constexpr const char *kScanArgs[] = {"start", "length", "out", "reset"};
+
+PyObject *fast_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
+                    PyObject *kwnames) {
+    const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *a[4] = {nullptr, nullptr, nullptr, nullptr};
+    if (nargs > 4) {
+        PyErr_Format(PyExc_TypeError, "scan() takes at most 4 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    for (Py_ssize_t i = 0; i < nargs; ++i) {
+        a[i] = args[i];
+    }
+    const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; ++k) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int j = 0;
+        while (j < 4 && PyUnicode_CompareWithASCIIString(name, kScanArgs[j]) != 0) {
+            ++j;
+        }
+        if (j == 4) {
+            PyErr_Format(PyExc_TypeError, "scan() got an unexpected keyword argument '%U'", name);
+            return nullptr;
+        }
+        if (a[j]) {
+            PyErr_Format(PyExc_TypeError, "scan() got multiple values for argument '%s'",
+                         kScanArgs[j]);
+            return nullptr;
+        }
+        a[j] = args[nargs + k];
+    }
+    for (int j = 0; j < 3; ++j) {
+        if (!a[j]) {
+            PyErr_Format(PyExc_TypeError, "scan() missing required argument '%s'", kScanArgs[j]);
+            return nullptr;
+        }
+    }
+    auto *t = static_cast<Tracker *>(PyCapsule_GetPointer(self, nullptr));
+    if (!t) {
+        return nullptr;
+    }
+    try {
+        const auto r = range_args(a[0], a[1]);
+        const bool rs = a[3] ? bool_arg(a[3], "reset") : false;
+        U64Buffer buf(a[2], "out");
+        std::size_t n = 0;
+        if (!t->try_quick_scan(r.first, r.second, buf.data(), buf.size(), rs, n)) {
+            n = without_gil([&] { return t->scan(r.first, r.second, buf.data(), buf.size(), rs); });
+        }
+        return PyLong_FromSize_t(n);
+    } catch (...) {
+        set_error_from_current_exception();
+        return nullptr;
+    }
+}
+
+PyMethodDef g_fast_scan_def = {
+    "scan",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fast_scan)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "scan(start, length, out, reset=False) of one tracker: see the tracker's scan()."};
+
+py::object make_scanner(Tracker *t, const py::handle &owner) {
+    auto cap = py::reinterpret_steal<py::object>(
+        PyCapsule_New(t, nullptr, [](PyObject *c) {
+            Py_XDECREF(static_cast<PyObject *>(PyCapsule_GetContext(c)));
+        }));
+    if (!cap) {
+        throw py::error_already_set();
+    }
+    if (PyCapsule_SetContext(cap.ptr(), owner.inc_ref().ptr()) != 0) {
+        owner.dec_ref();
+        throw py::error_already_set();
+    }
+    auto fn = py::reinterpret_steal<py::object>(PyCFunction_NewEx(&g_fast_scan_def, cap.ptr(),
+                                                                  nullptr));
+    if (!fn) {
+        throw py::error_already_set();
+    }
+    return fn;
+}
+
 // Trackers are destroyed with the GIL released: detach() may join the uffd
 // handler thread or wait for a signal handler to leave an mprotect slot.
 struct ReleaseGilDelete {
@@ -386,6 +504,12 @@ py::class_<T, Holder<T>> bind_tracker(py::module_ &m, const char *name,
             py::arg("start"), py::arg("length"), py::arg("out"), py::arg("reset") = py::bool_(false),
             "scan() for memwatch's overlap registry: works while the tracker is shared.")
         .def(
+            "scanner",
+            [](const py::object &self) { return make_scanner(&self.cast<T &>(), self); },
+            "scan() as a plain C function bound to this tracker (what Watch.dirty_into calls): "
+            "the same arguments, checks and exceptions, without pybind11's dispatcher; a scan "
+            "of a few pages that cannot block keeps the GIL.")
+        .def(
             "reset_shared",
             [](T &t, const py::handle &start, const py::handle &length) {
                 const auto r = range_args(start, length);
@@ -459,7 +583,9 @@ PYBIND11_MODULE(_memwatch, m) {
                         .attr("main_thread")()
                         .attr("ident")
                         .cast<unsigned long>();
-    py::register_exception<memwatch::TrackerShared>(m, "TrackerShared", PyExc_RuntimeError);
+    g_tracker_shared =
+        py::register_exception<memwatch::TrackerShared>(m, "TrackerShared", PyExc_RuntimeError)
+            .ptr();
 
     m.attr("PIDFD_SELF") = memwatch::uapi::PIDFD_SELF;
     m.attr("NR_PROCESS_MEMWATCH") = memwatch::uapi::NR_process_memwatch;

@@ -30,6 +30,11 @@ struct Mechanism {
     // in this process only, without locks (mprotect: the child's copy of the
     // range becomes writable again, so read(2) into it works).  Default: nothing.
     virtual void forget_in_child() noexcept {}
+    // Can scan() of a few pages wait on anything but this process's own page
+    // tables: another process, a handler thread, a signal handler's slot?
+    // false lets the bindings keep the GIL for a small scan (the GIL
+    // hand-off then costs more than the scan).  Default: it can.
+    virtual bool scan_may_block() const noexcept { return true; }
 };
 
 // What a mechanism can do (exported as class attributes).

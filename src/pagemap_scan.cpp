@@ -108,6 +108,10 @@ public:
         start_ = len_ = 0;
     }
 
+    // PAGEMAP_SCAN ioctls on this process's own page tables (no handler
+    // thread): nothing to wait for.
+    bool scan_may_block() const noexcept override { return false; }
+
     // Two passes (see the header of this file): a WRITTEN-only walk without
     // reset finds candidates on the kernel's per-PTE fast path; the full
     // masks, with the reset, run only over spans around them.

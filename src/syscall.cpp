@@ -34,6 +34,11 @@ public:
 
     void attach(std::uintptr_t start, std::size_t len) override { reset(start, len); }
     void detach() override {}
+    // Our own page tables only: another process may hold its mmap lock
+    // for as long as it likes.
+    bool scan_may_block() const noexcept override {
+        return pidfd_ != uapi::PIDFD_SELF_THREAD && pidfd_ != uapi::PIDFD_SELF_THREAD_GROUP;
+    }
 
     std::size_t scan(std::uintptr_t start, std::size_t len, std::uint64_t *out, std::size_t cap,
                      bool reset) override {

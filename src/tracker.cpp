@@ -139,6 +139,30 @@ std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t
     return scan_locked(start, length, out, cap, reset);
 }
 
+bool Tracker::try_quick_scan(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                             std::size_t cap, bool reset, std::size_t &n) {
+    const std::size_t quick = kQuickScanPages * page_size();
+    if (length < 0 || static_cast<std::uint64_t>(length) > quick) {
+        return false;  // (a negative length: scan() says what is wrong)
+    }
+    refuse_if_foreign();
+    std::unique_lock<std::mutex> lk(mu_, std::try_to_lock);
+    if (!lk.owns_lock()) {
+        return false;  // another thread is in: wait for it without the caller's lock
+    }
+    if (shared_) {
+        throw TrackerShared("tracker is shared by overlapping watches");
+    }
+    const std::size_t len = check_range(start, length);
+    if (len > quick || mech_->scan_may_block()) {
+        return false;
+    }
+    n = (len == 0 || cap == 0)
+            ? 0
+            : mech_->scan(static_cast<std::uintptr_t>(start), len, out, cap, reset);
+    return true;
+}
+
 std::size_t Tracker::scan_shared(std::int64_t start, std::int64_t length, std::uint64_t *out,
                                  std::size_t cap, bool reset) {
     refuse_if_foreign();

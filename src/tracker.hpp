@@ -46,6 +46,16 @@ public:
                      bool reset);
     void reset(std::int64_t start, std::int64_t length);
 
+    // For a caller that holds a lock it would rather not hand off for a
+    // tiny scan (the Python bindings and the GIL): scan() into n and return
+    // true when that is quick and cannot block -- the mutex is free, the
+    // page-rounded range is at most kQuickScanPages and the mechanism says
+    // !scan_may_block(); otherwise do nothing and return false (then call
+    // scan()).  Throws as scan() does.
+    static constexpr std::size_t kQuickScanPages = 16;
+    bool try_quick_scan(std::int64_t start, std::int64_t length, std::uint64_t *out,
+                        std::size_t cap, bool reset, std::size_t &n);
+
     // Overlapping watches (memwatch/_registry.py) share one tracker per
     // registered segment.  set_shared(true) takes the mutex, so when it
     // returns no scan()/reset() is in flight, and from then on both throw

@@ -14,7 +14,7 @@ import errno
 import os
 from array import array
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import pytest
 import test_overlap
@@ -72,6 +72,10 @@ class FakeTracker:
             if reset:
                 self.dirty.discard(page)
         return n
+
+    def scanner(self) -> Callable[[int, int, Any, bool], int]:
+        # The real trackers return a C function with scan()'s signature.
+        return lambda start, length, out, reset=False: self.scan(start, length, out, reset)
 
     def reset(self, start: int, length: int) -> None:
         self.calls.append(("reset", start, length))

@@ -17,7 +17,6 @@ suite.
 from __future__ import annotations
 
 import pytest
-
 from hardening_support import describe, run_py
 from support import backend_params
 
