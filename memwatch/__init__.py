@@ -35,7 +35,7 @@ from __future__ import annotations
 import os as _os
 
 from ._backends import Backend, backends
-from ._common import Flags, UnsupportedError
+from ._common import CapabilityError, Flags, UnsupportedError
 from ._process import PidFd
 from ._syscall import PIDFD_SELF, process_memwatch
 from ._watch import PAGE_SIZE, Watch
@@ -55,6 +55,7 @@ __all__ = [
     "PAGE_SIZE",
     "PIDFD_SELF",
     "Backend",
+    "CapabilityError",
     "Flags",
     "PidFd",
     "UnsupportedError",
