@@ -291,8 +291,11 @@ _COST_ORDER: Final = _cost_order()
 def _cost_evidence(a: str, b: str) -> str:
     """"13617 vs 103 ms on the stock 6.1 guest, ...": the measurements that
     rank *b* after *a*."""
+    def ms(x: float) -> str:
+        return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
     parts = [
-        f"{sum(row[b]):.4g} vs {sum(row[a]):.4g} ms on the {kernel}"
+        f"{ms(sum(row[b]))} vs {ms(sum(row[a]))} ms on the {kernel}"
         for kernel, row in _CYCLE_MS.items()
         if a in row and b in row
     ]

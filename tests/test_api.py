@@ -720,7 +720,9 @@ def test_explain_agrees_with_choose(remote: bool, partial_reset: bool, kernel_wr
         assert chosen == []
     else:
         assert chosen == [b.name]
-        ranked_after = [r for r in rows[[x.backend.name for x in rows].index(b.name) + 1:]]
+        ranked_after = [r for r in rows if not r.chosen]
         for r in ranked_after:
-            if r.backend.available and r.why.startswith("available"):
-                assert f"{b.name} is preferred" in r.why
+            if r.why.startswith("could be chosen"):
+                assert f"ranked lower: it costs more than {b.name}" in r.why or (
+                    f"; {b.name} can" in r.why
+                ), r
