@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import re
 import shutil
@@ -390,3 +391,48 @@ def test_auto_on_the_patched_kernel(mem: object) -> None:
     assert "costs more than syscall" in rows(atomic=False)["softdirty"].why
     with pytest.raises(memwatch.CapabilityError, match="atomic=True"):
         memwatch.Watch(mem, backend="softdirty", atomic=True)
+
+
+# -- memwatch info ------------------------------------------------------------------
+
+
+def test_info_explains_auto_for_what_is_asked(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """One line per backend: chosen / could be chosen, but ranked lower /
+    cannot / unavailable; --kernel-writes no changes auto's pick the way
+    Watch(buf, kernel_writes=False) does."""
+    from memwatch import _cli
+
+    only(monkeypatch, "uffd", "mprotect")
+    for argv, asked, name in (
+        ([], "", "uffd"),
+        (["--kernel-writes", "no"], ", kernel_writes=False", "mprotect"),
+        (["--kernel-writes", "yes", "--atomic", "no"], ", atomic=False, kernel_writes=True",
+         "uffd"),
+    ):
+        assert _cli.main(["info", *argv]) == 0
+        out = capsys.readouterr().out
+        lines = out.splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("backend "))
+        table = lines[start + 1: start + 1 + len(BACKENDS)]
+        assert [ln[1:].split()[0] for ln in table] == list(BACKENDS)
+        for ln in table:
+            assert re.search(r"(chosen: |could be chosen, but ranked lower: |cannot "
+                             r"|unavailable here: )", ln), ln
+        assert [ln[1:].split()[0] for ln in table if ln.startswith("*")] == [name]
+        assert f"auto for this process (Watch(buf{asked})): {name} (" in out
+        with anon(1) as m, memwatch.Watch(m, **_asked(argv)) as w:  # type: ignore[arg-type]
+            assert w.backend == name
+    assert _cli.main(["info", "--json", "--atomic", "no"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["auto"]["asked"] == {"atomic": False, "kernel_writes": None,
+                                     "partial_reset": None}
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["info", "--atomic", "maybe"])
+    assert exit_info.value.code == 2
+    assert "expected yes or no, not 'maybe'" in capsys.readouterr().err
+
+
+def _asked(argv: list[str]) -> dict[str, bool]:
+    return {k.removeprefix("--").replace("-", "_"): v == "yes"
+            for k, v in zip(argv[::2], argv[1::2])}
