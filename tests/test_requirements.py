@@ -436,3 +436,17 @@ def test_info_explains_auto_for_what_is_asked(monkeypatch: pytest.MonkeyPatch,
 def _asked(argv: list[str]) -> dict[str, bool]:
     return {k.removeprefix("--").replace("-", "_"): v == "yes"
             for k, v in zip(argv[::2], argv[1::2])}
+
+
+def test_testing_record_passes_requirements(mem: object) -> None:
+    from memwatch import testing
+
+    with testing.record(mem, kernel_writes=True) as rec:
+        readv_into(mem, 1)
+    assert BACKENDS[rec.backend].sees_kernel_writes
+    assert rec.offsets == (PAGE,)
+    if BACKENDS["mprotect"].available:
+        with pytest.raises(memwatch.CapabilityError, match="kernel_writes=True"):
+            testing.record(mem, backend="mprotect", kernel_writes=True).__enter__()
+    with pytest.raises(TypeError, match="atomic must be"):
+        testing.record(mem, atomic="no")  # type: ignore[arg-type]
