@@ -418,12 +418,12 @@ def _why_chosen(b: Backend, required: Mapping[str, bool | None], rows: list[Choi
             "not needed, or True to refuse a backend without it)"
         )
     else:
-        head = "chosen: it can do everything asked and preferred"
+        head = "chosen: it has every capability asked for and preferred"
     contenders = [
         c.backend.name for c in rows if not c.chosen and c.why.startswith("could")
     ]
     if contenders:
-        head += ", and it is the cheapest of those that can (measured: README \"Kernels\")"
+        head += f", and ranks before the other usable ones ({', '.join(contenders)}: see theirs)"
     if others:
         head += f"; {', '.join(others)} cannot be used here"
     return head
