@@ -38,7 +38,14 @@ where=host
 ((guest)) && where=guest
 stem=$out/$where-$(date -u +%Y%m%d-%H%M)
 (($#)) || set -- benchmarks/
-cmd=(python3 -m pytest "$@" -q -p no:cacheprovider --durations=10 --benchmark-json="$stem.json")
+json=$stem.json
+if ((guest)) && [[ $(realpath -m "$out")/ != "$MW_REPO"/* ]]; then
+    # The guest sees the host's root read-only, except the repository: write the JSON there
+    # and move it to DIR afterwards.
+    json=$(mktemp -p "$MW_REPO" .bench-XXXXXX.json)
+    trap 'rm -f "$json"' EXIT
+fi
+cmd=(python3 -m pytest "$@" -q -p no:cacheprovider --durations=10 --benchmark-json="$json")
 cd "$MW_REPO"
 rc=0
 if ((guest)); then
@@ -48,5 +55,6 @@ if ((guest)); then
 else
     PYTHONPATH="$MW_REPO" "${cmd[@]}" 2>&1 | tee "$stem.log" || rc=$?
 fi
+[[ $json == "$stem.json" ]] || mv -f "$json" "$stem.json" 2>/dev/null || true
 mw_log "JSON: $stem.json, log: $stem.log (exit $rc)"
 exit "$rc"

@@ -62,7 +62,9 @@ other until that one resets it -- which is the point.
 
 from __future__ import annotations
 
+import sys
 import threading
+import traceback
 from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -215,9 +217,60 @@ class Member:
             if s.start < end and start < s.end
         ]
 
-    def leave(self) -> None:
-        """Close: detach the segments no other member overlaps."""
-        self.domain.leave(self)
+    def leave(self, then: Callable[[], None] | None = None) -> None:
+        """Close: detach the segments no other member overlaps, then call
+        *then* (deferred together when a finaliser closes the Watch while
+        this thread is inside the domain: see :class:`_DomainLock`)."""
+        self.domain.leave(self, then)
+
+
+class _DomainLock:
+    """A domain's lock, which knows which thread holds it.
+
+    The cyclic garbage collector can run a finaliser (``Watch.__del__``, a
+    ``WatchedMapping``'s) at any allocation, also while this thread is inside
+    a domain operation (join, scan, reset, leave) holding the lock: the
+    finaliser's close() would wait on the lock forever.  Such a close is
+    deferred instead: :meth:`defer` queues it, and the thread that holds the
+    lock runs it right after releasing it.  (An RLock would let the nested
+    close change the domain's membership in the middle of the operation.)
+    """
+
+    __slots__ = ("_deferred", "_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = 0
+        self._deferred: list[Callable[[], None]] = []
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner = 0
+        self._lock.release()
+        while self._deferred and not self.held_here():
+            _run_deferred(self._deferred.pop(0))
+
+    def held_here(self) -> bool:
+        """True when the calling thread holds the lock."""
+        return self._owner == threading.get_ident()
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Run *fn* once the calling thread, which holds the lock, releases it."""
+        self._deferred.append(fn)
+
+
+def _run_deferred(fn: Callable[[], None]) -> None:
+    # It stands for a finaliser's close(): an error is printed the way Python
+    # prints one raised in __del__, never raised into the operation that
+    # happened to trigger the garbage collection.
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - printed, as from __del__
+        print("Exception ignored in a deferred memwatch close:", file=sys.stderr)
+        traceback.print_exc()
 
 
 class Domain:
@@ -225,7 +278,7 @@ class Domain:
 
     def __init__(self, key: tuple[int, str]) -> None:
         self.key = key
-        self.lock = threading.Lock()
+        self.lock = _DomainLock()
         self.segments: list[Segment] = []
         self.members: set[Member] = set()
         self.closed = False
@@ -381,7 +434,23 @@ class Domain:
                     f"the same {family} bit of each page, so they cannot share pages"
                 )
 
-    def leave(self, member: Member) -> None:
+    def leave(self, member: Member, then: Callable[[], None] | None = None) -> None:
+        """Take *member* out (detaching what only it used), then call *then*.
+
+        Called by a finaliser while this thread is inside an operation on
+        the domain (see :class:`_DomainLock`), both run once that operation
+        has released the lock.
+        """
+        if self.lock.held_here():
+            self.lock.defer(lambda: self.leave(member, then))
+            return
+        try:
+            self._leave(member)
+        finally:
+            if then is not None:
+                then()
+
+    def _leave(self, member: Member) -> None:
         with self.lock:
             if member not in self.members:
                 return
@@ -405,7 +474,10 @@ class Domain:
 
 
 _domains: dict[tuple[int, str], Domain] = {}
-_domains_lock = threading.Lock()
+# Reentrant: a finaliser run by the garbage collector inside one of the
+# short sections below may close the last Watch of another domain, which
+# forgets that domain here (no section depends on another key's entry).
+_domains_lock = threading.RLock()
 
 
 def _forget(dom: Domain) -> None:
@@ -450,9 +522,9 @@ _inherited: list[Any] = []
 def after_fork_in_child() -> None:
     """Forget every registration; takes no lock another thread may hold."""
     global _domains_lock
-    _domains_lock = threading.Lock()
+    _domains_lock = threading.RLock()
     for dom in list(_domains.values()):
-        dom.lock = threading.Lock()
+        dom.lock = _DomainLock()
         dom.closed = True
         for seg in dom.segments:
             seg.tracker.forget_if_foreign()  # lock-free (src/tracker.hpp)

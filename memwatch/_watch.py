@@ -513,11 +513,13 @@ class Watch:
         self._scan = _closed_scan
         self._tracker = None
         member, self._member = self._member, None
-        try:
-            if member is not None:
-                member.leave()
-        finally:
+        if member is None:
             self._release()
+        else:
+            # The export and the pidfd go after the registration (deferred
+            # together when a finaliser closes this Watch inside a registry
+            # operation of the same thread: memwatch/_registry.py).
+            member.leave(then=self._release)
 
     def _forget_after_fork(self) -> None:
         """In a fork() child: closed, without touching any registration."""

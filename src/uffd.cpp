@@ -14,16 +14,18 @@
 // and a reset of a sparse range fills no page tables with markers).
 // MADV_DONTNEED/MADV_REMOVE itself changes a page's contents (to zeros): with
 // UFFD_FEATURE_EVENT_REMOVE the handler reads a REMOVE event for it and
-// counts those pages as written, as pagemap_scan does.
+// counts those pages as written, as pagemap_scan does.  The madvise returns
+// as soon as the event is read, so a scan first waits for the batch the
+// handler is reading (reads_begun/reads_done): a zap that returned before
+// the scan began is in it.
 //
 // Why no write is lost (the handler and scan(reset=True) race on a page P).
 // The handler thread and the scanner serialize on one lock (hmu, kept in
 // memory of its own so the handler never faults on it):
-//   handler: lock; (h1) bit[P] |= 1; (h2) un-protect P (DONTWAKE); unlock;
-//            (h3) wake the writer
+//   handler: lock; (h1) bit[P] |= 1; (h2) un-protect P and wake its writers
+//            (one UFFDIO_WRITEPROTECT without DONTWAKE); unlock
 //   scan:    lock; (s1) take bit[P] (fetch_and); (s2) re-protect P; unlock
-// - The faulting write completes only after h2 (normally after h3), and its
-//   bit was set in h1:
+// - The faulting write completes only after h2, and its bit was set in h1:
 //   a write that completed before scan() started is always reported, even
 //   when a signal interrupts the blocked writer and it retries on its own as
 //   soon as P is writable (the old order, un-protect then set, let such a
@@ -36,9 +38,32 @@
 //   reads P's contents after getting P back.  Linearization point: s2.
 // - A *stale* message (two threads faulted on P at once) runs h1/h2 again
 //   after a scan: P is reported once more (a false positive, never a loss).
-// Residual false positive under tight polling: a writer woken by h2 may
-// retry its write only after a later s2 re-protected P; it then faults once
-// more and P is reported in two rounds for one write.
+// Residual false positive (issue 10): the woken writer retries its store
+// only when it next runs; a scan whose s2 comes first makes the retry fault
+// once more, and P is reported in two rounds for one write.  The sync uffd-wp
+// uAPI (6.1 to 6.18) tells the handler nothing about the retry: a fault on
+// P after s2 from the same thread may as well be a new write, so dropping it
+// could lose a write, and a scan cannot hold P back without delaying a
+// report.  So this is narrowed, not closed: the wake is part of h2, under
+// the lock (it used to follow the unlock, and a scan blocked on hmu then
+// always re-protected P before the writer was even woken: 139 of 256 faults
+// in benchmarks/uffd_wp_retry.c on the host).  What is left is the writer's
+// wake-up latency: microseconds on hardware, but 4-8 ms across vCPUs in a
+// TCG guest, where a tight-polling thread could win it many times in a row.
+// Before Linux 6.2 the un-protect leaves a private page's PTE read-only
+// (mm/userfaultfd.c uffd_wp_range(): no MM_CP_TRY_CHANGE_WRITABLE), so the
+// retry also passes through do_wp_page() -- inside the same fault, never
+// back to us; making the PTE writable from the handler (MADV_POPULATE_WRITE)
+// was measured: no consistent drop in re-faults (fewer in one 6.1 guest run,
+// not in others), 10-20 us more under the lock per fault in the guests.
+//
+// MAP_SHARED shmem/tmpfs/memfd ranges (uffd-wp on shmem, Linux 5.19+,
+// Debian's 6.1 included) are sound for writes through the watched mapping:
+// UFFDIO_WRITEPROTECT puts a uffd-wp marker into every empty PTE (page
+// tables allocated, mm/mprotect.c change_pmd_prepare()), zap and reclaim
+// keep it (pte_install_uffd_wp_if_needed()), and a page missing from the
+// page cache raises a missing fault.  Writes through another mapping or the
+// file are not seen (README); other file systems are refused by the kernel.
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -84,6 +109,10 @@ struct HandlerShared {
     std::mutex hmu;              // see the top: (h1,h2) vs (s1,s2)
     std::atomic<int> dead{0};    // errno-ish reason the handler stopped on its own
     std::atomic<bool> running{false};  // the handler thread reached its loop
+    // Batches of messages the handler began to read / finished recording:
+    // a scan waits for the batch in progress (see check_alive()).
+    std::atomic<std::uint64_t> reads_begun{0};
+    std::atomic<std::uint64_t> reads_done{0};
     alignas(64) unsigned char zero[1];  // (the zero page is the mapping's 2nd page)
 };
 
@@ -185,6 +214,14 @@ protected:
     void handler_lock() noexcept override { shared_->hmu.lock(); }
     void handler_unlock() noexcept override { shared_->hmu.unlock(); }
     void check_alive() override {
+        // A REMOVE event releases its madvise() as soon as the handler has
+        // read it, before the handler has set the bits: wait for the batch
+        // being read now, so a discard that returned before this scan began
+        // is in it (never longer than one batch: later ones do not count).
+        const std::uint64_t begun = shared_->reads_begun.load();
+        while (shared_->reads_done.load() < begun) {
+            std::this_thread::yield();
+        }
         if (const int why = shared_->dead.load()) {
             throw std::system_error(EIO, std::generic_category(),
                                     std::string("uffd handler thread stopped (") +
@@ -254,15 +291,19 @@ private:
                 die(EIO);
                 return;
             }
+            shared_->reads_begun.fetch_add(1);
             const ssize_t r = ::read(uffd_.get(), msgs, sizeof msgs);
             if (r < 0) {
-                if (errno == EAGAIN || errno == EINTR) {
+                const int err = errno;
+                shared_->reads_done.fetch_add(1);
+                if (err == EAGAIN || err == EINTR) {
                     continue;  // another wakeup consumed it
                 }
-                die(errno);
+                die(err);
                 return;
             }
             handle(msgs, static_cast<std::size_t>(r) / sizeof(uapi::uffd_msg));
+            shared_->reads_done.fetch_add(1);
         }
     }
 
@@ -307,13 +348,15 @@ private:
             bool wake = true;
             shared_->hmu.lock();
             if (flags & uapi::UFFD_PAGEFAULT_FLAG_WP) {
-                // (h1) record, (h2) un-protect: see the top.  The wake
-                // comes after the unlock, so the woken writer (which may
-                // go straight on to scan) does not wait for our lock.
+                // (h1) record, (h2) un-protect and wake, in one ioctl and
+                // under the lock: see the top.  (Waking after the unlock let
+                // a scan waiting on the lock re-protect P before the writer
+                // was even woken: it then faulted again, one more report.)
                 if (in_range) {
                     bits_.set((page - start_) / ps);
                 }
-                (void)uffd_writeprotect(uffd_.get(), page, ps, false, /*dontwake=*/true);
+                // The ioctl wakes only if it succeeded: else wake below.
+                wake = uffd_writeprotect(uffd_.get(), page, ps, false) != 0;
             } else {
                 // Missing: populate with zeros.  A write: record first,
                 // map writable.  A read: map write-protected.  UFFDIO_COPY
