@@ -173,9 +173,9 @@ class Watch:
     cheapest by measured cost (README "Kernels").  So a plain ``Watch(buf)``
     gets an atomic backend that sees kernel writes whenever one works here,
     and ``False`` lets ``auto`` trade that for speed: on Linux 6.1,
-    ``Watch(buf, atomic=False)`` takes ``softdirty`` instead of the much
-    slower ``uffd`` -- right when the thread that writes is the one that
-    collects.  ``memwatch._backends.explain(...)`` (``memwatch info``) says
+    ``Watch(buf, atomic=False)`` takes ``softdirty`` instead of ``uffd``
+    (far cheaper at thousands of written pages) -- right when the thread
+    that writes is the one that collects.  ``memwatch._backends.explain(...)`` (``memwatch info``) says
     why each backend is or is not taken.  When nothing fits,
     :class:`memwatch.UnsupportedError` lists every backend's reason; a named
     *backend* without a required capability raises

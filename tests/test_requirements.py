@@ -347,7 +347,7 @@ def _kernel_has(*names: str, lacks: tuple[str, ...] = ()) -> pytest.MarkDecorato
 @_kernel_has("uffd", "softdirty", "mprotect", lacks=("syscall", "pagemap_scan"))
 def test_auto_on_linux_6_1(mem: object) -> None:
     """Stock 6.1: a plain Watch gets uffd (atomic, sees kernel writes);
-    atomic=False gets the much cheaper softdirty; kernel_writes=False still
+    atomic=False gets softdirty (cheaper at many pages); kernel_writes=False still
     uffd (cheaper than mprotect on real hardware); a named softdirty with
     atomic=True is a contradiction."""
     expect = [
