@@ -30,6 +30,7 @@ main() {
     "$repo/ci/vm-run.sh" --kernel "$kernel" --timeout "$timeout_s" -- bash -c '
         uname -r
         python3 -c "import memwatch; [print(b) for b in memwatch.backends()]"
+        export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # subprocesses test the checkout too
         exec python3 -m pytest -q -rs -m "not slow" --durations=15 -p no:cacheprovider "$@"' test-stock "$@"
 }
 

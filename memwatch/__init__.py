@@ -8,15 +8,21 @@ Five mechanisms sit behind one API, tried in this order by ``backend="auto"``:
 ``pagemap_scan``
     userfaultfd write-protect in async mode plus the ``PAGEMAP_SCAN`` ioctl
     (Linux 6.7+); atomic, exact, sees kernel writes; this process only.
+``uffd``
+    synchronous userfaultfd write-protect with a handler thread.
 ``softdirty``
     ``/proc/PID/pagemap`` bit 55 and ``clear_refs``; needs
     ``CONFIG_MEM_SOFT_DIRTY``; other processes too; may report false
-    positives; resets only the whole process (no partial reset).
-``uffd``
-    synchronous userfaultfd write-protect with a handler thread.
+    positives; its reset is not atomic (a write between the pagemap read and
+    the process-wide ``clear_refs`` is lost).
 ``mprotect``
     ``PROT_READ`` plus a SIGSEGV handler; works everywhere, but a kernel
     write into the buffer (``read()``) fails with ``EFAULT``.
+
+That order is for a plain ``Watch(buf)``.  ``Watch(buf, atomic=...,
+kernel_writes=..., partial_reset=...)`` says what the Watch needs (True:
+required, False: not needed, so a cheaper backend may do); ``memwatch info``
+explains the choice.
 
 Quick start::
 
@@ -35,7 +41,7 @@ from __future__ import annotations
 import os as _os
 
 from ._backends import Backend, backends
-from ._common import Flags, UnsupportedError
+from ._common import CapabilityError, Flags, UnsupportedError
 from ._process import PidFd
 from ._syscall import PIDFD_SELF, process_memwatch
 from ._watch import PAGE_SIZE, Watch
@@ -55,6 +61,7 @@ __all__ = [
     "PAGE_SIZE",
     "PIDFD_SELF",
     "Backend",
+    "CapabilityError",
     "Flags",
     "PidFd",
     "UnsupportedError",

@@ -4,8 +4,9 @@
     the kernel, the settings that decide which mechanisms work (soft-dirty,
     userfaultfd and ``vm.unprivileged_userfaultfd``, THP mode,
     ``ptrace_scope``), each mechanism with its capabilities and why it is
-    unavailable, and which one ``backend="auto"`` picks and why; ``--json``.
-    ``backends`` is the same table without the settings (kept from 0.1).
+    unavailable, and which one ``backend="auto"`` picks and why (for a plain
+    Watch, or ``--atomic``/``--kernel-writes``/``--partial-reset yes|no``);
+    ``--json``.  ``backends`` is the same table without the settings (kept from 0.1).
 ``memwatch watch PID... | -- CMD ARGS...``
     a live, top-like view of other processes' write rates per mapping,
     through a mechanism that can watch another process (the patched kernel's
@@ -251,42 +252,36 @@ def _settings() -> list[dict[str, str]]:
     return out
 
 
-def _auto_reasoning(remote: bool) -> list[dict[str, Any]]:
-    """Each backend in auto's order: chosen or not, and why.
-
-    Uses ``memwatch._backends.explain()`` (r10) where this version has it;
-    otherwise says the same from the table: the first available backend
-    with the needed capability is chosen."""
-    explain = getattr(_backends, "explain", None)
-    if explain is not None:
-        return [
-            {"backend": c.backend.name, "chosen": bool(c.chosen), "why": str(c.why)}
-            for c in explain(remote=remote)
-        ]
-    rows: list[dict[str, Any]] = []
-    chosen: str | None = None
-    for b in _backends.backends():
-        if remote and not b.remote:
-            why = "cannot watch another process"
-        elif not b.available:
-            why = f"unavailable: {b.reason}"
-        elif chosen is not None:
-            why = f"available, but auto tries {chosen} first"
-        else:
-            chosen = b.name
-            why = ("the first available backend in auto's order"
-                   + (" that can watch another process" if remote else ""))
-        rows.append({"backend": b.name, "chosen": b.name == chosen, "why": why})
-    return rows
+def _auto_reasoning(remote: bool, asked: dict[str, bool | None]) -> list[dict[str, Any]]:
+    """Each backend: chosen by auto for what is *asked*, or why not
+    (``memwatch._backends.explain()``)."""
+    return [
+        {"backend": c.backend.name, "chosen": bool(c.chosen), "why": str(c.why)}
+        for c in _backends.explain(
+            remote=remote, atomic=asked.get("atomic"),
+            kernel_writes=asked.get("kernel_writes"),
+            partial_reset=asked.get("partial_reset"),
+        )
+    ]
 
 
-def gather_info() -> dict[str, Any]:
-    """Everything ``memwatch info`` prints, as JSON-able data."""
+def _asked_text(asked: dict[str, bool | None]) -> str:
+    """", atomic=False": the requirements as a Watch() would take them."""
+    return "".join(f", {k}={v}" for k, v in asked.items() if v is not None)
+
+
+def gather_info(asked: dict[str, bool | None] | None = None) -> dict[str, Any]:
+    """Everything ``memwatch info`` prints, as JSON-able data; *asked*: the
+    requirements (atomic=, kernel_writes=, partial_reset=) auto is
+    explained for (None or absent: preferred)."""
     from . import __version__
 
+    asked = _backends.check_requirements(**(asked or {}))
+    for k in _backends.REQUIREMENTS:
+        asked.setdefault(k, None)
     uname = os.uname()
-    local = _auto_reasoning(remote=False)
-    remote = _auto_reasoning(remote=True)
+    local = _auto_reasoning(False, asked)
+    remote = _auto_reasoning(True, asked)
     by_local = {r["backend"]: r for r in local}
     return {
         "memwatch": __version__,
@@ -301,6 +296,7 @@ def gather_info() -> dict[str, Any]:
             for b in _backends.backends()
         ],
         "auto": {
+            "asked": asked,
             "this_process": next((r["backend"] for r in local if r["chosen"]), None),
             "other_process": next((r["backend"] for r in remote if r["chosen"]), None),
             "this_process_why": local,
@@ -314,7 +310,7 @@ def _print_info(info: dict[str, Any], out: TextIO) -> None:
           f"Python {info['python']}, page size {info['page_size']}", file=out)
     print("\nsettings that decide the mechanisms:", file=out)
     _table([["  " + s["setting"], s["value"], s["meaning"]] for s in info["settings"]], out)
-    print("\nmechanisms, in the order backend=\"auto\" tries them:", file=out)
+    print("\nmechanisms (* = what backend=\"auto\" takes here, for this process):", file=out)
     rows = [[title for title, _ in _COLUMNS] + ["why (not)"]]
     for b in info["backends"]:
         mark = "*" if b["auto"] else " "
@@ -329,24 +325,40 @@ def _print_info(info: dict[str, Any], out: TextIO) -> None:
         why = next(r["why"] for r in rows if r["chosen"])
         return f"auto for {who}: {name} ({why.removeprefix('chosen: ')})"
 
-    print("\n" + chosen_line("this process (Watch(buf))", auto["this_process"],
+    asked = _asked_text(auto.get("asked", {}))
+    print("\n" + chosen_line(f"this process (Watch(buf{asked}))", auto["this_process"],
                              auto["this_process_why"]), file=out)
+    who = f"another process (Watch(address, length, pid=PID{asked}))"
     if auto["other_process"] is None:
         why = "; ".join(f"{r['backend']}: {r['why']}" for r in auto["other_process_why"]
                         if _backends.tracker_class(r["backend"]).remote)  # type: ignore[attr-defined]
-        print(f"auto for another process (memwatch watch PID): none can here ({why})",
-              file=out)
+        print(f"auto for {who}: none can here ({why})", file=out)
     else:
-        print(chosen_line("another process (memwatch watch PID)", auto["other_process"],
-                          auto["other_process_why"]), file=out)
+        print(chosen_line(who, auto["other_process"], auto["other_process_why"]), file=out)
 
 
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
+def _yes_no(text: str) -> bool:
+    if text in ("yes", "no"):
+        return text == "yes"
+    raise argparse.ArgumentTypeError(f"expected yes or no, not {text!r}")
+
+
+def _configure_info_asked(p: argparse.ArgumentParser) -> None:
+    _configure_info(p)
+    for keyword in _backends.REQUIREMENTS:
+        flag = "--" + keyword.replace("_", "-")
+        p.add_argument(flag, type=_yes_no, default=None, metavar="yes|no", dest=keyword,
+                       help=f"explain auto for a Watch that must (yes) or need not (no) "
+                       f"{_backends._WORDS[keyword]}; default: preferred, as "
+                       f"Watch({keyword}=None)")
+
+
 def run_info(args: argparse.Namespace) -> int:
-    info = gather_info()
+    info = gather_info({k: getattr(args, k, None) for k in _backends.REQUIREMENTS})
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -756,11 +768,13 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "info", "the kernel, its settings, each mechanism and what auto picks here",
         "memwatch info          # or: memwatch info --json",
-        _configure_info, run_info,
+        _configure_info_asked, run_info,
         description="Show the kernel release, the settings that decide which tracking "
         "mechanisms work (soft-dirty, userfaultfd and vm.unprivileged_userfaultfd, "
         "transparent huge pages, ptrace_scope), every mechanism with its capabilities "
-        "and why it is unavailable, and which one backend=\"auto\" picks and why.",
+        "and why it is unavailable, and which one backend=\"auto\" picks and why: "
+        "for a plain Watch, or for what --atomic, --kernel-writes and --partial-reset "
+        "say the Watch requires (yes) or does not need (no).",
     ),
     Command(
         "backends", "the mechanisms table alone (as in memwatch 0.1)",

@@ -10,7 +10,7 @@ import errno
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Flags", "UnsupportedError"]
+__all__ = ["CapabilityError", "Flags", "UnsupportedError"]
 
 # The errnos with which a kernel interface says "part of this range is not
 # mapped" (UFFDIO_REGISTER/WRITEPROTECT: EINVAL/ENOENT, mprotect: ENOMEM,
@@ -81,7 +81,33 @@ def _rebuild_unsupported(
     return UnsupportedError(message, requirement=requirement, reasons=reasons)
 
 
+class CapabilityError(UnsupportedError, ValueError):
+    """The backend named in ``backend=`` lacks, by design, a capability the
+    call requires (``Watch(buf, backend="mprotect", kernel_writes=True)``,
+    ``pid=`` with a backend that cannot watch another process).
+
+    It is a :class:`ValueError` because the arguments contradict each other
+    on every machine, and an :class:`UnsupportedError` (so an
+    :class:`OSError`) like every other "this backend cannot" error, so that
+    both ``except`` clauses catch it.  The message names the requirement and
+    why that backend cannot meet it.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_capability,
+            (str(self.strerror), self.requirement, self.reasons),
+        )
+
+
+def _rebuild_capability(
+    message: str, requirement: str, reasons: dict[str, str]
+) -> CapabilityError:
+    return CapabilityError(message, requirement=requirement, reasons=reasons)
+
+
 UnsupportedError.__module__ = "memwatch"
+CapabilityError.__module__ = "memwatch"
 Flags.__module__ = "memwatch"
 
 

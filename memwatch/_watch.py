@@ -121,7 +121,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class Watch:
     """Track which pages of a range of memory are written.
 
-    ``Watch(target, length=None, *, pid=None, backend="auto")``
+    ``Watch(target, length=None, *, pid=None, backend="auto", atomic=None,
+    kernel_writes=None, partial_reset=None)``
 
     *target* is either a buffer-protocol object of this process (bytearray,
     mmap, numpy array, memoryview, ...; writable and C-contiguous) or an int
@@ -152,10 +153,33 @@ class Watch:
     that has exited gives ProcessLookupError, then or later.  Only backends
     with ``remote=True`` (``syscall``, ``softdirty``) can do this.
 
-    *backend* is ``"auto"`` (the first available of syscall, pagemap_scan,
-    uffd, softdirty, mprotect that can do what is asked;
-    ``memwatch._backends.explain()`` says why) or one of those names;
-    :class:`memwatch.UnsupportedError` says what is missing when none can.
+    *backend* is ``"auto"`` or one of ``"syscall"``, ``"pagemap_scan"``,
+    ``"uffd"``, ``"softdirty"``, ``"mprotect"``.  What the Watch needs is
+    said with three keywords, named after :class:`memwatch.Backend`'s
+    capabilities, each ``True`` (required), ``False`` (not needed) or
+    ``None`` (preferred, the default):
+
+    * *atomic*: a scan with reset loses no write made during it (other
+      threads, the kernel, a device keep writing while you collect);
+      ``softdirty`` is not atomic.
+    * *kernel_writes*: writes the kernel makes into the range are seen
+      (``read(2)``, ``readv``, ``recv_into``, io_uring into the buffer);
+      ``mprotect`` cannot (the system call fails with ``EFAULT``), nor a
+      user-mode-only userfaultfd (``python -m memwatch info`` says).
+    * *partial_reset*: part of the range can be reset (every backend can).
+
+    ``auto`` takes, among the backends that work here and have every
+    required capability, the one missing the fewest preferred ones, then the
+    cheapest by measured cost (README "Kernels").  So a plain ``Watch(buf)``
+    gets an atomic backend that sees kernel writes whenever one works here,
+    and ``False`` lets ``auto`` trade that for speed: on Linux 6.1,
+    ``Watch(buf, atomic=False)`` takes ``softdirty`` instead of ``uffd``
+    (far cheaper at thousands of written pages) -- right when the thread
+    that writes is the one that collects.  ``memwatch._backends.explain(...)`` (``memwatch info``) says
+    why each backend is or is not taken.  When nothing fits,
+    :class:`memwatch.UnsupportedError` lists every backend's reason; a named
+    *backend* without a required capability raises
+    :class:`memwatch.CapabilityError` (a ValueError too) saying which and why.
 
     ``softdirty`` resets through ``/proc/PID/clear_refs``, which clears the
     soft-dirty state of the *whole* target process.  memwatch first moves
@@ -204,6 +228,9 @@ class Watch:
         *,
         pid: object = None,
         backend: str = "auto",
+        atomic: bool | None = None,
+        kernel_writes: bool | None = None,
+        partial_reset: bool | None = None,
     ) -> None:
         self._scan: _ScanFn = _closed_scan
         # The tracker to call directly while this Watch is alone on its
@@ -214,14 +241,22 @@ class Watch:
         self._proc: _Process | None = None
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, not {type(backend).__name__}")
+        required = _backends.check_requirements(
+            atomic=atomic, kernel_writes=kernel_writes, partial_reset=partial_reset
+        )
         try:
-            self._setup(target, length, pid, backend)
+            self._setup(target, length, pid, backend, required)
         except BaseException:
             self._teardown()
             raise
 
     def _setup(
-        self, target: object, length: int | None, pid: object, backend: str
+        self,
+        target: object,
+        length: int | None,
+        pid: object,
+        backend: str,
+        required: dict[str, bool | None],
     ) -> None:
         page = PAGE_SIZE
         is_address = isinstance(target, numbers.Integral) and not isinstance(target, bool)
@@ -268,7 +303,7 @@ class Watch:
         # already holds on these pages (Conflict), and "auto" then moves on.
         skipped: dict[str, str] = {}
         while True:
-            chosen = _backends.choose(backend, remote=remote, skip=skipped)
+            chosen = _backends.choose(backend, remote=remote, skip=skipped, **required)
             if is_address and not chosen.remote:
                 # The backends that register or protect the range need all
                 # of it mapped (the page-table readers, syscall and

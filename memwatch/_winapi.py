@@ -71,17 +71,25 @@ class WatchedMapping(mmap.mmap):
 WatchedMapping.__module__ = "memwatch"
 
 
-def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
+def alloc(
+    size: int,
+    *,
+    backend: str = "auto",
+    atomic: bool | None = None,
+    kernel_writes: bool | None = None,
+) -> WatchedMapping:
     """A new anonymous private read-write mapping, tracked from birth.
 
     The analogue of ``VirtualAlloc(MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH)``:
     *size* is rounded up to whole pages, the mapping never uses transparent
     huge pages (so a write reports exactly its own page), reports no written
     page until something writes to it, and :func:`get_write_watch` /
-    :func:`reset_write_watch` work on it.  ``backend="auto"`` picks only
-    backends that can reset part of a range (``GetWriteWatch`` with a count
-    and reset needs it; every backend can, softdirty through memwatch's
-    registry).
+    :func:`reset_write_watch` work on it.  *backend*, *atomic* and
+    *kernel_writes* are those of :class:`memwatch.Watch`; ``partial_reset``
+    is always required (``GetWriteWatch`` with a count and reset needs it;
+    every backend can, softdirty through memwatch's registry).  Windows
+    tracks kernel writes into a write-watched allocation:
+    ``kernel_writes=True`` refuses a backend that cannot.
     """
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"size must be an int, not {type(size).__name__}")
@@ -91,7 +99,9 @@ def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
         raise OverflowError(
             f"size {size:#x} is larger than the address space (2**63 bytes at most)"
         )
-    chosen = _backends.choose(backend, partial_reset=backend == "auto")
+    chosen = _backends.choose(
+        backend, atomic=atomic, kernel_writes=kernel_writes, partial_reset=True
+    )
     page = mmap.PAGESIZE
     size = -(-size // page) * page
     m = WatchedMapping(
@@ -105,7 +115,10 @@ def alloc(size: int, *, backend: str = "auto") -> WatchedMapping:
         # write would make the kernel-level backends report 512 pages.
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
             m.madvise(mmap.MADV_NOHUGEPAGE)
-        m._watch = Watch(m, backend=chosen.name)
+        m._watch = Watch(
+            m, backend=chosen.name, atomic=atomic, kernel_writes=kernel_writes,
+            partial_reset=True,
+        )
     except BaseException:
         mmap.mmap.close(m)
         raise

@@ -22,6 +22,7 @@ import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
+from . import _backends
 from ._common import UnsupportedError
 from ._watch import PAGE_SIZE, Watch
 
@@ -95,12 +96,15 @@ def _spans(allowed: Allowed) -> list[tuple[int, int]]:
 
 
 class Recording:
-    """The pages a block wrote into one target (a context manager).
+    r"""The pages a block wrote into one target (a context manager).
 
     ``with Recording(target) as rec:`` watches *target* (a writable buffer,
     or an int address with *length*) for the duration of the block;
     afterwards :attr:`offsets` and :attr:`pages` say which pages were
-    written.  Inside the block they show the writes so far.
+    written.  Inside the block they show the writes so far.  *backend*,
+    *atomic* and *kernel_writes* are those of :class:`memwatch.Watch`:
+    ``kernel_writes=True`` when the code under test ``read()``\ s into the
+    target (``mprotect`` would make that fail with ``EFAULT``).
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class Recording:
         length: int | None = None,
         *,
         backend: str = "auto",
+        atomic: bool | None = None,
+        kernel_writes: bool | None = None,
         on_exit: Callable[[Recording], None] | None = None,
         unsupported: Callable[[str], object] | None = None,
     ) -> None:
@@ -116,6 +122,7 @@ class Recording:
         self._target: object = target
         self._length = length
         self._backend_asked = backend
+        self._asked = _backends.check_requirements(atomic=atomic, kernel_writes=kernel_writes)
         self._on_exit = on_exit
         # Called with the reason when no mechanism can watch the target
         # here (the pytest plugin skips the test); else UnsupportedError.
@@ -133,7 +140,9 @@ class Recording:
         if self._watch is not None or self._offsets is not None:
             raise RuntimeError("a Recording can be used for one block only")
         try:
-            w = Watch(self._target, self._length, backend=self._backend_asked)
+            w = Watch(self._target, self._length, backend=self._backend_asked,
+                      atomic=self._asked["atomic"],
+                      kernel_writes=self._asked["kernel_writes"])
         except UnsupportedError as err:
             if self._unsupported is None:
                 raise
@@ -251,9 +260,18 @@ class Recording:
             )
 
 
-def record(target: object, length: int | None = None, *, backend: str = "auto") -> Recording:
-    """A :class:`Recording` of *target* (use it as a context manager)."""
-    return Recording(target, length, backend=backend)
+def record(
+    target: object,
+    length: int | None = None,
+    *,
+    backend: str = "auto",
+    atomic: bool | None = None,
+    kernel_writes: bool | None = None,
+) -> Recording:
+    """A :class:`Recording` of *target* (use it as a context manager);
+    the keywords are those of :class:`memwatch.Watch`."""
+    return Recording(target, length, backend=backend, atomic=atomic,
+                     kernel_writes=kernel_writes)
 
 
 # -- pytest-benchmark: pages written per call --------------------------------

@@ -68,6 +68,7 @@ def test_no_test_only_module_in_the_extension() -> None:
     assert [n for n in dir(mw) if n.startswith("_") and not n.startswith("__")] == ["_C_API"]
 
 
+@pytest.mark.slow  # kernel-independent: run on the host, not in the 6.1 guest
 def test_stub_matches_runtime() -> None:
     """memwatch/_memwatch.pyi against the built extension (mypy.stubtest)."""
     import subprocess
@@ -720,7 +721,9 @@ def test_explain_agrees_with_choose(remote: bool, partial_reset: bool, kernel_wr
         assert chosen == []
     else:
         assert chosen == [b.name]
-        ranked_after = [r for r in rows[[x.backend.name for x in rows].index(b.name) + 1:]]
+        ranked_after = [r for r in rows if not r.chosen]
         for r in ranked_after:
-            if r.backend.available and r.why.startswith("available"):
-                assert f"{b.name} is preferred" in r.why
+            if r.why.startswith("could be chosen"):
+                assert f"ranked lower: it costs more than {b.name}" in r.why or (
+                    f"; {b.name} can" in r.why
+                ), r

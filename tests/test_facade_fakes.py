@@ -340,7 +340,7 @@ def test_alloc_auto_takes_softdirty_when_it_is_the_best_left(
         assert memwatch.get_write_watch(buf, reset=True) == ([], PAGE)
     rows = {c.backend.name: c for c in _backends.explain(partial_reset=True)}
     assert rows["softdirty"].chosen
-    assert "softdirty is preferred" in rows["mprotect"].why
+    assert "ranked lower: it costs more than softdirty" in rows["mprotect"].why
     assert "disabled by the test" in rows["uffd"].why
 
 

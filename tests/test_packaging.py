@@ -22,6 +22,7 @@ def _text_files() -> list[Path]:
             if p.endswith((".py", ".pyi", ".cpp", ".hpp", ".md", ".toml", ".sh", ".in"))]
 
 
+@pytest.mark.slow  # kernel-independent: run on the host, not in the 6.1 guest
 @pytest.mark.skipif(not IN_REPO, reason="needs the git checkout (runs from the sdist too, "
                     "where there is nothing to compare with)")
 def test_sdist_carries_what_the_tests_import(tmp_path: Path) -> None:
