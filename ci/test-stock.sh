@@ -31,7 +31,7 @@ main() {
         uname -r
         python3 -c "import memwatch; [print(b) for b in memwatch.backends()]"
         export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # subprocesses test the checkout too
-        exec python3 -m pytest -q -rs -m "not slow" --durations=15 -p no:cacheprovider "$@"' test-stock "$@"
+        exec python3 -m pytest -q -rsx -m "not slow" --durations=15 -p no:cacheprovider "$@"' test-stock "$@"
 }
 
 main "$@"
