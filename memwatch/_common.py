@@ -71,14 +71,15 @@ class UnsupportedError(OSError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_unsupported,
-            (str(self.strerror), self.requirement, self.reasons),
+            (type(self), str(self.strerror), self.requirement, self.reasons),
         )
 
 
 def _rebuild_unsupported(
-    message: str, requirement: str, reasons: dict[str, str]
+    cls: type[UnsupportedError], message: str, requirement: str, reasons: dict[str, str]
 ) -> UnsupportedError:
-    return UnsupportedError(message, requirement=requirement, reasons=reasons)
+    # (The subclasses below take the same arguments.)
+    return cls(message, requirement=requirement, reasons=reasons)
 
 
 class CapabilityError(UnsupportedError, ValueError):
@@ -92,18 +93,6 @@ class CapabilityError(UnsupportedError, ValueError):
     both ``except`` clauses catch it.  The message names the requirement and
     why that backend cannot meet it.
     """
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_capability,
-            (str(self.strerror), self.requirement, self.reasons),
-        )
-
-
-def _rebuild_capability(
-    message: str, requirement: str, reasons: dict[str, str]
-) -> CapabilityError:
-    return CapabilityError(message, requirement=requirement, reasons=reasons)
 
 
 UnsupportedError.__module__ = "memwatch"
