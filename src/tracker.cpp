@@ -141,11 +141,15 @@ std::size_t Tracker::scan(std::int64_t start, std::int64_t length, std::uint64_t
 
 bool Tracker::try_quick_scan(std::int64_t start, std::int64_t length, std::uint64_t *out,
                              std::size_t cap, bool reset, std::size_t &n) {
-    const std::size_t quick = kQuickScanPages * page_size();
-    if (length < 0 || static_cast<std::uint64_t>(length) > quick) {
-        return false;  // (a negative length: scan() says what is wrong)
+    // A length of at most kQuickScanPages pages rounds up to no more.  (A
+    // negative one: scan() says what is wrong.)
+    if (length < 0 || static_cast<std::uint64_t>(length) > kQuickScanPages * page_size()) {
+        return false;
     }
-    refuse_if_foreign();
+    refuse_if_foreign();  // (a fork() child's copy may have no mechanism any more)
+    if (mech_->scan_may_block()) {
+        return false;
+    }
     std::unique_lock<std::mutex> lk(mu_, std::try_to_lock);
     if (!lk.owns_lock()) {
         return false;  // another thread is in: wait for it without the caller's lock
@@ -153,13 +157,7 @@ bool Tracker::try_quick_scan(std::int64_t start, std::int64_t length, std::uint6
     if (shared_) {
         throw TrackerShared("tracker is shared by overlapping watches");
     }
-    const std::size_t len = check_range(start, length);
-    if (len > quick || mech_->scan_may_block()) {
-        return false;
-    }
-    n = (len == 0 || cap == 0)
-            ? 0
-            : mech_->scan(static_cast<std::uintptr_t>(start), len, out, cap, reset);
+    n = scan_locked(start, length, out, cap, reset);
     return true;
 }
 
